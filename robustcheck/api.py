@@ -1,0 +1,235 @@
+"""The plugin API: :class:`Probe`, :class:`Defense`, :class:`Verifier` and :class:`ProbeResult`.
+
+A probe is a small object configured by keyword parameters and called on a model adapter and data::
+
+    probe = create_probe("pgd-linf", epsilons=[0, 0.03])
+    result = probe(model, data, seed=0)        # -> ProbeResult
+    result.score, result.metrics["robust_accuracy"]
+
+A defense wraps a model adapter into a defended one (``defense.apply(model)``), and says whether
+gradients through it are ``"exact"``, ``"approximate"`` (straight-through / BPDA) or ``"none"``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from robustcheck.data import ImageDataset
+from robustcheck.errors import ProbeTimeout, RequirementError
+from robustcheck.models import ImageClassifier
+from robustcheck.params import resolve_params
+
+STATUSES = ("ok", "timeout", "error")
+
+
+@dataclass
+class Artifact:
+    """A row of images with captions (e.g. clean vs adversarial) shown in the report.
+
+    ``images`` holds ``(C, H, W)`` float arrays in ``[0, 1]`` (or ready PNG bytes), one caption each.
+    """
+
+    title: str
+    images: list[np.ndarray | bytes]
+    captions: list[str]
+
+    def png_images(self) -> list[bytes]:
+        return [img if isinstance(img, bytes) else to_png(img) for img in self.images]
+
+
+def to_png(image: np.ndarray | torch.Tensor) -> bytes:
+    """Encode a ``(C, H, W)`` (or ``(H, W)``) image in ``[0, 1]`` as PNG bytes."""
+    from PIL import Image
+
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
+    arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class ProbeResult:
+    """What a probe returns.
+
+    Attributes:
+        score: in ``[0, 1]``, 1 = fully robust (each probe documents its definition in ``score_doc``).
+        metrics: JSON-serialisable numbers; a mapping of numeric strings to numbers (such as
+            ``robust_accuracy`` per epsilon) is drawn as a curve in reports.
+        records: one row per sample (index, label, prediction, ... probe-specific columns).
+        artifacts: example images for the report.
+        status: ``ok``, ``timeout`` (budget spent; metrics cover what finished) or ``error``.
+        message: the error or timeout explanation.
+    """
+
+    score: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    records: pd.DataFrame = field(default_factory=pd.DataFrame)
+    artifacts: list[Artifact] = field(default_factory=list)
+    status: str = "ok"
+    message: str = ""
+    seed: int = 0
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.score is not None:
+            if not math.isfinite(self.score) or not 0.0 <= self.score <= 1.0 + 1e-9:
+                raise ValueError(f"score must lie in [0, 1], got {self.score}")
+            self.score = min(float(self.score), 1.0)
+
+
+@dataclass
+class RunContext:
+    """What the runner hands a probe besides model and data.
+
+    Attributes:
+        seed: seed of this run (the runner has already seeded torch, numpy and random with it).
+        deadline: ``time.monotonic()`` value after which the probe should stop (``None``: no limit).
+        batch_size: samples per batch.
+        bare_model: the undefended model when a defense is applied (for non-adaptive attacks).
+        progress: called with the number of samples just finished.
+    """
+
+    seed: int = 0
+    deadline: float | None = None
+    batch_size: int = 64
+    bare_model: ImageClassifier | None = None
+    progress: Callable[[int], None] | None = None
+
+    def check_time(self) -> None:
+        """Raise :class:`ProbeTimeout` once the time budget is spent (call between batches)."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ProbeTimeout("time budget spent")
+
+    def advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress(n)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+class Plugin:
+    """Shared behaviour: a registry ``name``, declared ``defaults`` and checked ``params``."""
+
+    name: ClassVar[str] = "plugin"
+    kind: ClassVar[str] = "plugin"
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: what the model must offer: "gradients", "captioner", "relu-network".
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: run by ``robustcheck audit`` when no probe / defense is named (and the model meets ``requires``).
+    in_default_audit: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        self.params = resolve_params(f"{self.kind} {self.name!r}", self.defaults, params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    def check_requirements(self, model: ImageClassifier) -> None:
+        """Fail early, with a clear message, if ``model`` lacks what this plugin needs."""
+        missing = []
+        if "gradients" in self.requires and model.gradients == "none":
+            missing.append("gradients (the model or its defense is not differentiable)")
+        if "captioner" in self.requires and not getattr(model, "is_captioner", False):
+            missing.append("a captioner (CNN+LSTM) model")
+        if "relu-network" in self.requires and not model.is_relu_network():
+            missing.append("a network of Linear/Conv2d/ReLU layers only")
+        if missing:
+            raise RequirementError(f"{self.kind} {self.name!r} needs {'; '.join(missing)}, which model {model.name!r} does not offer")
+
+
+class Probe(Plugin):
+    """An attack or probe. Subclasses set ``name``, ``defaults``, ``score_doc`` and implement :meth:`run`."""
+
+    kind: ClassVar[str] = "probe"
+    score_doc: ClassVar[str] = ""
+
+    def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
+        raise NotImplementedError
+
+    def __call__(self, model: ImageClassifier, data: ImageDataset, *, seed: int = 0, **context: Any) -> ProbeResult:
+        """Run directly (outside the runner): seeds, checks requirements, times the run."""
+        from robustcheck.runner import seed_everything
+
+        self.check_requirements(model)
+        seed_everything(seed)
+        start = time.perf_counter()
+        result = self.run(model, data, RunContext(seed=seed, **context))
+        result.seed, result.seconds = seed, time.perf_counter() - start
+        return result
+
+
+class Defense(Plugin):
+    """A defense: a transform applied to inputs before the model.
+
+    ``gradients`` says what gradients through the defended model are: ``"exact"`` (the transform
+    is differentiable), ``"approximate"`` (straight-through / BPDA) or ``"none"``.
+    """
+
+    kind: ClassVar[str] = "defense"
+    gradients: ClassVar[str] = "exact"
+
+    def transform(self) -> nn.Module:
+        """An ``nn.Module`` mapping ``(B, C, H, W)`` images in bounds to images in bounds."""
+        raise NotImplementedError
+
+    def apply(self, model: ImageClassifier) -> DefendedClassifier:
+        return DefendedClassifier(model, self)
+
+
+class _Pipeline(nn.Module):
+    def __init__(self, transform: nn.Module, model: ImageClassifier) -> None:
+        super().__init__()
+        self.transform, self.model = transform, model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(x))
+
+
+class DefendedClassifier(ImageClassifier):
+    """``model(defense(x))`` with the bare model's bounds, labels and input shape."""
+
+    def __init__(self, model: ImageClassifier, defense: Defense) -> None:
+        super().__init__(
+            _Pipeline(defense.transform(), model),
+            bounds=model.bounds,
+            labels=model.labels,
+            input_shape=model.input_shape,
+            name=f"{model.name}+{defense.name}",
+            default_data=model.default_data,
+            device=model.device,
+        )
+        self.bare, self.defense = model, defense
+
+    @property
+    def gradients(self) -> str:
+        return self.defense.gradients
+
+    def is_relu_network(self) -> bool:
+        return False
+
+
+class Verifier(Probe):
+    """A verifier: proves (SAFE), refutes with a counterexample (UNSAFE) or gives up (UNKNOWN) per sample.
+
+    It runs like a probe (score = fraction of samples proven SAFE) and is registered in the
+    ``robustcheck.verifiers`` group.
+    """
+
+    kind: ClassVar[str] = "verifier"

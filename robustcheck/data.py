@@ -1,0 +1,175 @@
+"""Labelled image data: one validated container and the built-in data sources.
+
+Images are float32 tensors ``(N, C, H, W)`` in ``[0, 1]``; labels are int64 ``(N,)``.
+Sources are looked up by name in the ``robustcheck.data`` registry group, or read from a path
+(``.npz``, image folder, MNIST idx, CIFAR-10 batches: see :mod:`robustcheck.data_formats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustcheck import registry
+from robustcheck.errors import InputError, UsageError
+from robustcheck.params import parse_spec
+
+DIGIT_CLASSES = [str(i) for i in range(10)]
+SPLIT_SEED = 0
+TEST_FRACTION = 0.25
+
+
+@dataclass
+class ImageDataset:
+    """Validated labelled images.
+
+    Attributes:
+        x: ``(N, C, H, W)`` float32 images inside ``bounds``.
+        y: ``(N,)`` int64 labels in ``[0, len(classes))``.
+        classes: class names (index = label).
+        name: identifier used in results and reports.
+        bounds: value range of ``x``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str] | None = None
+    name: str = "data"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.x, self.y = validate_arrays(self.x, self.y, self.bounds, self.classes, self.name)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image shape ``(C, H, W)``."""
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def head(self, n: int | None) -> ImageDataset:
+        """The first ``n`` samples (all if ``n`` is None or larger than the set)."""
+        if n is None or n >= len(self):
+            return self
+        if n <= 0:
+            raise UsageError(f"number of samples must be positive, got {n}")
+        return ImageDataset(self.x[:n], self.y[:n], self.classes, self.name, self.bounds, dict(self.meta))
+
+
+def validate_arrays(
+    x: Any, y: Any, bounds: tuple[float, float] = (0.0, 1.0), classes: Sequence[str] | None = None, name: str = "data"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check images and labels; return ``(float32 x, int64 y)`` or raise :class:`InputError` naming the problem."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
+        raise InputError(f"{name}: images have unsupported dtype {x.dtype}")
+    if not x.is_floating_point():
+        raise InputError(f"{name}: images are integers ({x.dtype}); convert to float in {list(bounds)} first")
+    if x.ndim != 4:
+        raise InputError(f"{name}: images must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3, 4):
+        raise InputError(f"{name}: images have {x.shape[1]} channels; expected channels-first (N, C, H, W) with C in 1, 3, 4")
+    if y.ndim != 1 or len(y) != len(x):
+        raise InputError(f"{name}: labels must have shape ({len(x)},), got {tuple(y.shape)}")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise InputError(f"{name}: labels must be integers, got non-integral values")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name}: images contain NaN or Inf values")
+    low, high = bounds
+    if x.numel() and (x.min() < low or x.max() > high):
+        raise InputError(f"{name}: image values lie in [{x.min().item():.4g}, {x.max().item():.4g}], outside bounds [{low:g}, {high:g}]")
+    y = y.long()
+    if len(y) and y.min() < 0:
+        raise InputError(f"{name}: labels must be non-negative, got {y.min().item()}")
+    if classes is not None and len(y) and y.max() >= len(classes):
+        raise InputError(f"{name}: label {y.max().item()} is out of range for {len(classes)} classes")
+    return x.float().contiguous(), y
+
+
+def hwc_uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W[, C])`` uint8 -> ``(N, C, H, W)`` float32 in ``[0, 1]``."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255.0
+
+
+def _digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic stratified split of scikit-learn's bundled 1,797 digits: 8x8 in [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test", "all"):
+        raise UsageError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]
+    y = bunch.target.astype(np.int64)
+    if split == "all":
+        return x, y
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y)
+    return (x_tr, y_tr) if split == "train" else (x_te, y_te)
+
+
+def digits(split: str = "test") -> ImageDataset:
+    """scikit-learn's bundled handwritten digits, 1x8x8 in [0, 1] (test split: 450 images)."""
+    x, y = _digits_split(split)
+    return ImageDataset(torch.from_numpy(x), torch.from_numpy(y), DIGIT_CLASSES, name="digits" if split == "test" else f"digits:{split}")
+
+
+def colorize(gray: torch.Tensor, seed: int, min_contrast: float = 0.5) -> torch.Tensor:
+    """Paint grey images ``(N, 1, H, W)`` with a seeded foreground and background colour per image.
+
+    Colours are drawn until foreground and background luminance differ by ``min_contrast``, so the
+    digit stays legible while colour carries no label information.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(gray)
+    fg, bg = rng.uniform(size=(n, 3)), rng.uniform(size=(n, 3))
+    luma = np.array([0.299, 0.587, 0.114])
+    bad = np.abs((fg - bg) @ luma) < min_contrast
+    while bad.any():
+        fg[bad], bg[bad] = rng.uniform(size=(bad.sum(), 3)), rng.uniform(size=(bad.sum(), 3))
+        bad = np.abs((fg - bg) @ luma) < min_contrast
+    fg_t = torch.from_numpy(fg).float().view(n, 3, 1, 1)
+    bg_t = torch.from_numpy(bg).float().view(n, 3, 1, 1)
+    return (bg_t * (1 - gray) + fg_t * gray).clamp(0, 1)
+
+
+def digits_rgb32(split: str = "test") -> ImageDataset:
+    """The bundled digits upsampled to 3x32x32 with seeded foreground/background colours per image."""
+    x, y = _digits_split(split)
+    gray = F.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear", align_corners=False).clamp(0, 1)
+    seed = {"train": 1, "test": 2, "all": 3}[split]
+    name = "digits-rgb32" if split == "test" else f"digits-rgb32:{split}"
+    return ImageDataset(colorize(gray, seed), torch.from_numpy(y), DIGIT_CLASSES, name=name)
+
+
+def load_data(spec: str | ImageDataset, **params: Any) -> ImageDataset:
+    """Resolve a data spec: a registry name (``digits``, ``digits-rgb32:split=train``), a path
+    (``.npz``, image folder, MNIST idx folder/file, CIFAR-10 batch folder) or ``torchvision:NAME:root=DIR``."""
+    if isinstance(spec, ImageDataset):
+        return spec
+    name, spec_params = parse_spec(spec)
+    params = {**spec_params, **params}
+    if name in registry.names("data"):
+        factory = registry.get("data", name).obj
+        try:
+            return factory(**params)
+        except TypeError as exc:
+            raise UsageError(f"data source {name!r}: {exc}") from exc
+    from robustcheck import data_formats
+
+    if name.startswith("torchvision:"):
+        return data_formats.torchvision_dataset(name.split(":", 1)[1], **params)
+    if Path(name).exists() or any(ch in name for ch in "/\\.") :
+        return data_formats.load_path(Path(name), **params)
+    raise registry.UnknownPluginError("data source", name, registry.names("data"))

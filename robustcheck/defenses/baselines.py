@@ -1,0 +1,75 @@
+"""Classic input-transformation baselines (feature squeezing, Xu et al. NDSS 2018).
+
+Both are cheap and well known to fall to adaptive attacks (Athalye et al. 2018), which is what
+makes them useful reference points in an audit.
+"""
+
+from __future__ import annotations
+
+import torch
+from kornia.filters import median_blur
+from torch import nn
+
+from robustcheck.api import Defense
+from robustcheck.errors import UsageError
+from robustcheck.registry import register
+
+
+def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round ``x`` in ``[0, 1]`` to ``2**bits`` levels; the backward pass is the identity
+    (straight-through / BPDA), since rounding has zero gradient almost everywhere."""
+    levels = 2**bits - 1
+    rounded = torch.round(x * levels) / levels
+    return x + (rounded - x).detach()
+
+
+class Quantize(nn.Module):
+    """:func:`quantize` as a module; ``(B, C, H, W)`` in ``[0, 1]``."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize(x, self.bits)
+
+
+class MedianBlur(nn.Module):
+    """kornia's median filter over a ``size`` x ``size`` window, per channel."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return median_blur(x, (self.size, self.size))
+
+
+@register("defense", "bit-depth")
+class BitDepthReduction(Defense):
+    """Bit-depth reduction (feature squeezing) to ``bits`` bits per channel; straight-through gradients."""
+
+    defaults = {"bits": 4}
+    gradients = "approximate"
+    in_default_audit = True
+
+    def transform(self) -> nn.Module:
+        bits = self.params["bits"]
+        if not 1 <= bits <= 16:
+            raise UsageError(f"defense 'bit-depth': bits must be in 1..16, got {bits}")
+        return Quantize(bits)
+
+
+@register("defense", "median-filter")
+class MedianFilter(Defense):
+    """Median filter (feature squeezing) over a ``size`` x ``size`` window; exact (sub)gradients."""
+
+    defaults = {"size": 3}
+    gradients = "exact"
+    in_default_audit = True
+
+    def transform(self) -> nn.Module:
+        size = self.params["size"]
+        if size < 1 or size % 2 == 0:
+            raise UsageError(f"defense 'median-filter': size must be a positive odd number, got {size}")
+        return MedianBlur(size)

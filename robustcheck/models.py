@@ -1,0 +1,205 @@
+"""Model adapter: one wrapper that every probe, defense and verifier talks to.
+
+:class:`ImageClassifier` wraps any ``torch.nn.Module`` that maps images to logits. Inputs are
+float tensors of shape ``(B, C, H, W)`` inside ``bounds`` (``(0, 1)`` by default); an optional
+mean/std normalisation is applied *inside* the wrapper, so attacks work in image space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustcheck.errors import InputError
+
+#: Modules whose composition is a piecewise-linear ReLU network (what exact verifiers need).
+RELU_NETWORK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Sequential, nn.Identity, nn.Unflatten)
+
+
+def extract_logits(output: Any) -> torch.Tensor:
+    """Return the logits tensor from a model output: a tensor, a dict, an object with ``.logits``, a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        for key in ("logits", "out", "output"):
+            if key in output and isinstance(output[key], torch.Tensor):
+                return output[key]
+        raise InputError(f"model returned a dict without a 'logits' tensor (keys: {sorted(output)})")
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise InputError(f"model returned {type(output).__name__}, expected a logits tensor")
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; ``x`` is ``(B, C, H, W)``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise InputError(f"std must be positive, got {list(std)}")
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ImageClassifier(nn.Module):
+    """A classifier over images in ``bounds``, returning logits ``(B, num_classes)``.
+
+    Args:
+        module: the network; may return a tensor, a dict with ``logits``, or an object with ``.logits``.
+        bounds: ``(low, high)`` of valid pixel values.
+        mean, std: per-channel normalisation applied inside the wrapper (``None``: none).
+        labels: class names, index = class id.
+        input_shape: ``(C, H, W)`` the network expects; checked on every validated input.
+        name: display name (used in reports; escaped there).
+        default_data: name of the data source this model was built for (lets ``--data`` be omitted).
+        device: where to run; defaults to the module's parameters' device.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        labels: Sequence[str] | None = None,
+        input_shape: Sequence[int] | None = None,
+        name: str = "model",
+        default_data: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        low, high = float(bounds[0]), float(bounds[1])
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise InputError(f"bounds must be finite with low < high, got {bounds}")
+        self.module = module
+        self.bounds = (low, high)
+        self.normalize = Normalize(mean, std) if mean is not None and std is not None else None
+        self.labels = list(labels) if labels is not None else None
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+        self.name = name
+        self.default_data = default_data
+        if device is None:
+            param = next(iter(module.parameters()), None)
+            device = param.device if param is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.to(self.device)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K)`` for images ``x`` of shape ``(B, C, H, W)`` in ``bounds`` (not validated)."""
+        if self.normalize is not None:
+            x = self.normalize(x)
+        try:
+            output = self.module(x)
+        except InputError:
+            raise
+        except Exception as exc:
+            shape = tuple(x.shape)
+            raise InputError(f"model {self.name!r} raised {type(exc).__name__} on input of shape {shape}: {exc}") from exc
+        logits = extract_logits(output)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise InputError(f"model {self.name!r} returned shape {tuple(logits.shape)}, expected ({x.shape[0]}, classes)")
+        return logits
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Logits for ``x`` computed in eval mode, in batches, without gradients; returned on the CPU."""
+        with self.eval_mode():
+            parts = [self(x[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(parts) if parts else torch.empty(0, self.num_classes or 0)
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.labels) if self.labels is not None else None
+
+    def label(self, index: int) -> str:
+        """Human-readable class name of ``index``."""
+        if self.labels is not None and 0 <= index < len(self.labels):
+            return str(self.labels[index])
+        return str(index)
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self, x: torch.Tensor, what: str = "input") -> None:
+        """Raise :class:`InputError` naming the problem if ``x`` is not a valid image batch."""
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(f"{what} must be floating point, got dtype {x.dtype}")
+        if x.ndim != 4:
+            raise InputError(f"{what} must have shape (B, C, H, W), got {tuple(x.shape)}")
+        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(
+                f"model {self.name!r} expects images of shape {self.input_shape} (C, H, W), {what} has {tuple(x.shape[1:])}"
+            )
+        if not torch.isfinite(x).all():
+            raise InputError(f"{what} contains NaN or Inf values")
+        low, high = self.bounds
+        if x.numel() and (x.min() < low or x.max() > high):
+            raise InputError(
+                f"{what} values lie in [{x.min().item():.4g}, {x.max().item():.4g}], outside the model bounds [{low:g}, {high:g}]"
+            )
+
+    # -- modes ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """Put every submodule in eval mode for the block, then restore each one's original mode."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Disable ``requires_grad`` on every parameter for the block (attacks need input gradients
+        only; eagerpy's ``backward()`` would otherwise fill parameters' ``.grad``), then restore."""
+        params = [(p, p.requires_grad, p.grad) for p in self.parameters()]
+        for p, _, _ in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag, grad in params:
+                p.requires_grad_(flag)
+                p.grad = grad
+
+    # -- capabilities --------------------------------------------------------------------------
+    @property
+    def gradients(self) -> str:
+        """``"exact"``: gradients through the model are the true ones (defenses may weaken this)."""
+        return "exact"
+
+    def is_relu_network(self) -> bool:
+        """True if the network is built only of Linear/Conv2d/ReLU/Flatten layers (exact verification)."""
+        return all(isinstance(m, RELU_NETWORK_MODULES) for m in self.module.modules())
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary (name, bounds, shape, classes, normalisation)."""
+        return {
+            "name": self.name,
+            "bounds": list(self.bounds),
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "num_classes": self.num_classes,
+            "normalize": None
+            if self.normalize is None
+            else {"mean": self.normalize.mean.flatten().tolist(), "std": self.normalize.std.flatten().tolist()},
+        }
+
+
+def as_classifier(model: nn.Module | ImageClassifier, **kwargs: Any) -> ImageClassifier:
+    """Wrap a bare module (or pass an :class:`ImageClassifier` through unchanged)."""
+    return model if isinstance(model, ImageClassifier) else ImageClassifier(model, **kwargs)

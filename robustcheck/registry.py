@@ -1,0 +1,113 @@
+"""Plugin registry: names are the API (``create_model("digits-cnn")``), entry points find plugins.
+
+Built-ins and third-party packages register the same way: through the entry-point groups
+``robustcheck.models``, ``robustcheck.data``, ``robustcheck.probes``, ``robustcheck.defenses`` and
+``robustcheck.verifiers``. Loading an entry point imports its module; objects may also be registered
+in-process with the :func:`register` decorator (handy for tests and notebooks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TypeVar
+
+from robustcheck.errors import UnknownPluginError, UsageError
+
+GROUPS: dict[str, str] = {
+    "model": "robustcheck.models",
+    "data": "robustcheck.data",
+    "probe": "robustcheck.probes",
+    "defense": "robustcheck.defenses",
+    "verifier": "robustcheck.verifiers",
+}
+
+T = TypeVar("T")
+
+
+@dataclass
+class Entry:
+    """One registered plugin: ``obj`` is a class (probes, defenses, verifiers) or a factory."""
+
+    kind: str
+    name: str
+    obj: Any
+    source: str = "builtin"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        doc = (getattr(self.obj, "__doc__", None) or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+_registry: dict[str, dict[str, Entry]] = {kind: {} for kind in GROUPS}
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in GROUPS:
+        raise UsageError(f"unknown plugin kind {kind!r}; kinds are {', '.join(GROUPS)}")
+
+
+def register(kind: str, name: str | None = None, **meta: Any) -> Callable[[T], T]:
+    """Decorator registering a plugin class or factory under ``name`` (default: its ``name`` attribute)."""
+    _check_kind(kind)
+
+    def decorate(obj: T) -> T:
+        key = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
+        if not key:
+            raise UsageError(f"cannot register {obj!r} as a {kind}: it has no name")
+        if kind in ("probe", "defense", "verifier") and isinstance(obj, type):
+            obj.name = key  # type: ignore[attr-defined]  # the registry name is the plugin's name
+        _registry[kind][key] = Entry(kind, key, obj, meta.pop("source", "builtin"), dict(meta))
+        return obj
+
+    return decorate
+
+
+def unregister(kind: str, name: str) -> None:
+    """Remove an in-process registration (tests)."""
+    _registry[kind].pop(name, None)
+
+
+def _entry_points(kind: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUPS[kind])}
+
+
+def _load(kind: str, ep: EntryPoint) -> Entry:
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a broken third-party plugin must not look like our bug
+        dist = ep.dist.name if ep.dist else "?"
+        raise UsageError(f"{kind} plugin {ep.name!r} from {dist} failed to load ({ep.value}): {exc}") from exc
+    entry = _registry[kind].get(ep.name)
+    if entry is None or entry.obj is not obj:
+        source = ep.dist.name if ep.dist else "entry point"
+        if kind in ("probe", "defense", "verifier") and isinstance(obj, type):
+            obj.name = ep.name
+        entry = Entry(kind, ep.name, obj, source if source != "robustcheck-harness" else "builtin")
+        _registry[kind][ep.name] = entry
+    return entry
+
+
+def names(kind: str) -> list[str]:
+    """All names of ``kind``, without importing any plugin."""
+    _check_kind(kind)
+    return sorted(set(_registry[kind]) | set(_entry_points(kind)))
+
+
+def get(kind: str, name: str) -> Entry:
+    """Look ``name`` up, loading its entry point on first use; unknown names suggest close ones."""
+    _check_kind(kind)
+    if name in _registry[kind]:
+        return _registry[kind][name]
+    ep = _entry_points(kind).get(name)
+    if ep is None:
+        raise UnknownPluginError(kind, name, names(kind))
+    return _load(kind, ep)
+
+
+def entries(kind: str) -> list[Entry]:
+    """Every plugin of ``kind``, loaded."""
+    return [get(kind, name) for name in names(kind)]

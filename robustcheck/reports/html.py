@@ -1,0 +1,474 @@
+"""The self-contained, offline HTML audit report.
+
+:func:`render_report` turns the content of ``results.json`` (plus optional example images) into one
+HTML file: inline CSS, inline SVG charts (:mod:`robustcheck.reports.plots`) and images embedded as
+``data:`` URIs, with no script and no external resource. The page is rendered by Jinja2 with
+autoescaping on, so every user-controlled string (model names, parameters, captions, messages) is
+escaped; only the SVG produced by our own plotting code is inserted verbatim.
+
+This module does not import torch: artifacts are used through their ``title``, ``captions`` and
+``png_images()`` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import zip_longest
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from robustcheck.reports.plots import line_chart
+
+if TYPE_CHECKING:
+    from robustcheck.api import Artifact
+
+__all__ = ["render_report", "write_report"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+DASH = "\u2014"
+#: Images are scaled up by an integer factor until their longer side reaches this many pixels.
+MIN_IMAGE_DISPLAY = 96
+MAX_IMAGE_DISPLAY = 256
+NOTE_CHARS = 48  # error messages longer than this are cut in summary cells
+SCALE_STEPS = 10  # neutral colour scale buckets (scale-0 ... scale-10)
+
+RowKey = tuple[str, str | None]
+
+
+# --------------------------------------------------------------------------- view model
+
+
+@dataclass
+class Cell:
+    """One summary-table cell: the text shown, its CSS class, an optional note and tooltip."""
+
+    text: str
+    css: str
+    note: str = ""
+    tooltip: str = ""
+
+
+@dataclass
+class SummaryRow:
+    model: str
+    defense: str
+    clean_accuracy: str
+    cells: list[Cell]
+
+
+@dataclass
+class RunRow:
+    """One row of a probe section's run table."""
+
+    model: str
+    defense: str
+    data: str
+    params: list[tuple[str, str]]
+    samples: str
+    score: Cell
+    status: str
+    message: str
+    seconds: str
+    metrics: list[str]
+
+
+@dataclass
+class Image:
+    uri: str
+    caption: str
+    width: int | None
+    height: int | None
+
+
+@dataclass
+class Figure:
+    title: str
+    run_label: str
+    images: list[Image]
+
+
+@dataclass
+class ProbeSection:
+    anchor: str
+    name: str
+    score_doc: str
+    metric_names: list[str]
+    runs: list[RunRow]
+    charts: list[Markup] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def format_score(score: Any) -> str:
+    """A score with three decimals, or a dash when there is none."""
+    return f"{float(score):.3f}" if _is_number(score) and math.isfinite(score) else DASH
+
+
+def format_value(value: Any) -> str:
+    """A metric or parameter value for display."""
+    if value is None:
+        return DASH
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str | int):
+        return str(value)
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _format_seconds(value: Any) -> str:
+    return f"{float(value):.1f} s" if _is_number(value) else DASH
+
+
+def _defense_label(defense: Any) -> str:
+    return str(defense) if defense else DASH
+
+
+def _run_label(run: Mapping[str, Any]) -> str:
+    model, defense = str(run.get("model", "?")), run.get("defense")
+    return f"{model} + {defense}" if defense else model
+
+
+def _row_key(run: Mapping[str, Any]) -> RowKey:
+    defense = run.get("defense")
+    return str(run.get("model", "?")), (str(defense) if defense else None)
+
+
+def _unique(values: Iterable[Any]) -> list[Any]:
+    """Values in first-seen order, without duplicates."""
+    return list(dict.fromkeys(values))
+
+
+def _score_css(score: Any, status: str, fail_under: float | None) -> str:
+    """CSS class of a score: by status, then pass/fail against the threshold, else a neutral scale."""
+    if status in ("timeout", "error"):
+        return status
+    if not _is_number(score) or not math.isfinite(score):
+        return "missing"
+    if fail_under is not None:
+        return "pass" if score >= fail_under else "fail"
+    bucket = round(min(max(float(score), 0.0), 1.0) * SCALE_STEPS)
+    return f"scale-{bucket}"
+
+
+def _score_cell(run: Mapping[str, Any], fail_under: float | None, *, notes: bool = True) -> Cell:
+    """The score cell of one run; with ``notes``, the status (and error message) is added as small text.
+
+    The full message is always available as the cell's tooltip.
+    """
+    status = str(run.get("status", "ok"))
+    css = _score_css(run.get("score"), status, fail_under)
+    message = str(run.get("message") or "")
+    text = "error" if status == "error" else format_score(run.get("score"))
+    note = ""
+    if notes and status == "error":
+        note = _truncate(message, NOTE_CHARS)
+    elif notes and status != "ok":
+        note = status
+    return Cell(text, css, note=note, tooltip=message)
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+# --------------------------------------------------------------------------- summary table
+
+
+def _pick_run(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The run shown for a summary cell: the lowest score among scored runs, else the first run."""
+    scored = [r for r in runs if _is_number(r.get("score")) and math.isfinite(r["score"])]
+    return min(scored, key=lambda r: r["score"]) if scored else runs[0]
+
+
+def _summary_cell(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -> Cell:
+    if not runs:
+        return Cell(DASH, "missing")
+    cell = _score_cell(_pick_run(runs), fail_under)
+    if len(runs) > 1:
+        cell.note = (cell.note + " " if cell.note else "") + f"min of {len(runs)} runs"
+    return cell
+
+
+def _clean_accuracy(runs: Iterable[Mapping[str, Any]]) -> str:
+    """The clean accuracy of a (model, defense) row; a range if runs disagree (e.g. other data)."""
+    values = [float(v) for r in runs if _is_number(v := (r.get("metrics") or {}).get("clean_accuracy"))]
+    if not values:
+        return DASH
+    lo, hi = min(values), max(values)
+    return f"{lo:.3f}" if hi - lo < 5e-4 else f"{lo:.3f}\u2013{hi:.3f}"
+
+
+def build_summary(
+    runs: Sequence[Mapping[str, Any]], probes: Sequence[str], fail_under: float | None
+) -> list[SummaryRow]:
+    """One row per (model, defense), one cell per probe."""
+    rows = []
+    for key in _unique(_row_key(r) for r in runs):
+        row_runs = [r for r in runs if _row_key(r) == key]
+        cells = [_summary_cell([r for r in row_runs if r.get("probe") == p], fail_under) for p in probes]
+        rows.append(SummaryRow(key[0], _defense_label(key[1]), _clean_accuracy(row_runs), cells))
+    return rows
+
+
+# --------------------------------------------------------------------------- probe sections
+
+
+def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Metrics shown as table columns: numbers, strings and booleans."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | str | bool)}
+
+
+def as_curve(value: Any) -> list[tuple[float, float]] | None:
+    """``[(x, y), ...]`` if ``value`` maps numeric strings to numbers (e.g. accuracy per epsilon)."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    points = []
+    for key, y in value.items():
+        try:
+            x = float(key)
+        except (TypeError, ValueError):
+            return None
+        if not _is_number(y):
+            return None
+        points.append((x, float(y)))
+    return sorted(points)
+
+
+def _run_row(run: Mapping[str, Any], metric_names: Sequence[str], fail_under: float | None) -> RunRow:
+    metrics = run.get("metrics") or {}
+    params = run.get("params") or {}
+    return RunRow(
+        model=str(run.get("model", "?")),
+        defense=_defense_label(run.get("defense")),
+        data=str(run.get("data") or DASH),
+        params=[(str(k), format_value(v)) for k, v in params.items()],
+        samples=format_value(run.get("samples")),
+        score=_score_cell(run, fail_under, notes=False),  # the status column says it
+        status=str(run.get("status", "ok")),
+        message=str(run.get("message") or ""),
+        seconds=_format_seconds(run.get("seconds")),
+        metrics=[format_value(metrics.get(name)) for name in metric_names],
+    )
+
+
+def _series_labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Legend labels "model + defense", made unique with the run id when needed."""
+    labels = [_run_label(r) for r in runs]
+    return [
+        f"{label} ({str(r.get('run_id', i))[:8]})" if labels.count(label) > 1 else label
+        for i, (label, r) in enumerate(zip(labels, runs, strict=True))
+    ]
+
+
+def _metric_title(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _x_label(metric: str, runs: Sequence[Mapping[str, Any]]) -> str:
+    """The x quantity of a curve: epsilon for per-epsilon metrics, otherwise a generic label."""
+    has_eps = any(str(k).startswith("eps") for r in runs for k in (r.get("params") or {}))
+    return "epsilon" if has_eps or metric == "robust_accuracy" else "value"
+
+
+def build_charts(probe: str, runs: Sequence[Mapping[str, Any]]) -> list[Markup]:
+    """One SVG line chart per curve-shaped metric, one series per run carrying it."""
+    labels = _series_labels(runs)
+    curve_names = _unique(
+        name for r in runs for name, value in (r.get("metrics") or {}).items() if as_curve(value) is not None
+    )
+    charts = []
+    for name in curve_names:
+        series = {
+            label: curve
+            for label, r in zip(labels, runs, strict=True)
+            if (curve := as_curve((r.get("metrics") or {}).get(name))) is not None
+        }
+        svg = line_chart(
+            series,
+            title=f"{probe}: {_metric_title(name)}",
+            x_label=_x_label(name, runs),
+            y_label=_metric_title(name),
+        )
+        charts.append(Markup(svg))  # our own plotting code escapes every string it embeds
+    return charts
+
+
+def png_size(png: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG header, or ``None`` if ``png`` is not a PNG."""
+    if len(png) < 24 or png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", png[16:24])
+
+
+def _display_size(png: bytes) -> tuple[int | None, int | None]:
+    """Display size: small images (e.g. 8x8) are scaled up by an integer factor so they stay crisp."""
+    size = png_size(png)
+    if size is None or min(size) <= 0:
+        return None, None
+    width, height = size
+    longest = max(width, height)
+    if longest > MAX_IMAGE_DISPLAY:
+        return max(1, MAX_IMAGE_DISPLAY * width // longest), max(1, MAX_IMAGE_DISPLAY * height // longest)
+    factor = max(1, math.ceil(MIN_IMAGE_DISPLAY / longest))
+    return width * factor, height * factor
+
+
+def _image(png: bytes, caption: str) -> Image:
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    width, height = _display_size(png)
+    return Image(uri, caption, width, height)
+
+
+def build_figure(artifact: Artifact, run_label: str) -> Figure:
+    """A figure row: the artifact's images as data URIs, with their captions."""
+    pngs = artifact.png_images()
+    captions = list(artifact.captions or [])[: len(pngs)]
+    images = [_image(png, str(caption or "")) for png, caption in zip_longest(pngs, captions, fillvalue="")]
+    return Figure(str(artifact.title), run_label, images)
+
+
+def _figures(runs: Sequence[Mapping[str, Any]], artifacts: Mapping[str, Sequence[Artifact]]) -> list[Figure]:
+    return [
+        build_figure(artifact, _run_label(r))
+        for r in runs
+        for artifact in artifacts.get(str(r.get("run_id")), ())
+    ]
+
+
+def build_section(
+    index: int,
+    probe: str,
+    runs: Sequence[Mapping[str, Any]],
+    artifacts: Mapping[str, Sequence[Artifact]],
+    fail_under: float | None,
+) -> ProbeSection:
+    """Everything shown for one probe: definition, run table, charts and example images."""
+    metric_names = _unique(k for r in runs for k in _scalar_metrics(r.get("metrics") or {}))
+    score_doc = next((str(r["score_doc"]) for r in runs if r.get("score_doc")), "")
+    return ProbeSection(
+        anchor=f"probe-{index}",
+        name=probe,
+        score_doc=score_doc,
+        metric_names=[_metric_title(m) for m in metric_names],
+        runs=[_run_row(r, metric_names, fail_under) for r in runs],
+        charts=build_charts(probe, runs),
+        figures=_figures(runs, artifacts),
+    )
+
+
+def _orphan_figures(
+    runs: Sequence[Mapping[str, Any]], artifacts: Mapping[str, Sequence[Artifact]]
+) -> list[Figure]:
+    """Artifacts whose run id matches no run (still shown, at the end)."""
+    known = {str(r.get("run_id")) for r in runs}
+    return [
+        build_figure(a, f"run {run_id}")
+        for run_id, items in artifacts.items()
+        if run_id not in known
+        for a in items
+    ]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _pass_summary(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -> str:
+    if fail_under is None:
+        return ""
+    scored = [r for r in runs if r.get("status", "ok") == "ok" and _is_number(r.get("score"))]
+    passed = sum(1 for r in scored if r["score"] >= fail_under)
+    return f"{passed} of {len(scored)} completed runs pass"
+
+
+def build_context(
+    results: Mapping[str, Any],
+    artifacts: Mapping[str, Sequence[Artifact]] | None,
+    fail_under: float | None,
+    title: str,
+) -> dict[str, Any]:
+    """The template context: plain strings and view-model objects, formatting already done."""
+    runs: list[Mapping[str, Any]] = list(results.get("runs") or [])
+    artifacts = artifacts or {}
+    probes = _unique(str(r.get("probe", "?")) for r in runs)
+    environment = results.get("environment") or {}
+    return {
+        "title": title,
+        "created": str(results.get("created") or DASH),
+        "seed": format_value(results.get("seed")),
+        "version": str(results.get("robustcheck_version") or DASH),
+        "n_runs": len(runs),
+        "fail_under": None if fail_under is None else f"{fail_under:.3f}",
+        "pass_summary": _pass_summary(runs, fail_under),
+        "probes": probes,
+        "show_clean": any(_is_number((r.get("metrics") or {}).get("clean_accuracy")) for r in runs),
+        "summary": build_summary(runs, probes, fail_under),
+        "sections": [
+            build_section(i, p, [r for r in runs if str(r.get("probe", "?")) == p], artifacts, fail_under)
+            for i, p in enumerate(probes)
+        ],
+        "orphans": _orphan_figures(runs, artifacts),
+        "environment": [(str(k), format_value(v)) for k, v in environment.items()],
+        "scale_steps": SCALE_STEPS,
+    }
+
+
+def render_report(
+    results: dict,
+    artifacts: Mapping[str, Sequence[Artifact]] | None = None,
+    *,
+    fail_under: float | None = None,
+    title: str = "robustcheck audit",
+) -> str:
+    """Render ``results`` (the content of ``results.json``) as one self-contained HTML page.
+
+    Args:
+        results: the results document (``runs`` may be empty).
+        artifacts: run id -> example images shown in that run's probe section.
+        fail_under: pass threshold; scores ``>= fail_under`` are marked as passing. Without it,
+            scores are shaded on a neutral scale.
+        title: page title and heading.
+    """
+    context = build_context(results, artifacts, fail_under, title)
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def write_report(
+    path: str | Path,
+    results: dict,
+    artifacts: Mapping[str, Sequence[Artifact]] | None = None,
+    *,
+    fail_under: float | None = None,
+    title: str = "robustcheck audit",
+) -> Path:
+    """Render the report and write it (UTF-8) to ``path``, creating parent folders; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(results, artifacts, fail_under=fail_under, title=title), encoding="utf-8")
+    return path

@@ -1,0 +1,318 @@
+"""The runner: an audit is a list of independent run units (model x defense x probe x data).
+
+Each :class:`RunSpec` is plain data (serialisable, hashable into a ``run_id``), so runs can be
+executed in any order or elsewhere. The :class:`Runner` seeds each run, enforces its time budget,
+persists every finished run at once (:class:`~robustcheck.store.RunStore`) and writes the outputs:
+``results.json`` (canonical), ``records.csv`` (per-sample rows) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import platform
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import robustcheck
+from robustcheck.api import Artifact, ProbeResult, RunContext
+from robustcheck.data import ImageDataset, load_data
+from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError
+from robustcheck.models import ImageClassifier
+
+DEFAULT_SAMPLES = 100
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (every run calls this first)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run unit. ``model``, ``data`` and ``defense`` are specs as the CLI takes them.
+
+    Attributes:
+        model: registry name, import path or file (``NAME:key=value`` for options).
+        probe: probe or verifier name; ``params`` its parameters.
+        data: data spec; ``None`` means the model's default data.
+        defense: defense spec (``bit-depth:bits=4``) or ``None``.
+        samples: number of leading samples of the data to use (``None``: all).
+        seed: seed for everything random in this run.
+        budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
+    """
+
+    model: str
+    probe: str
+    params: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    defense: str | None = None
+    samples: int | None = DEFAULT_SAMPLES
+    seed: int = 0
+    budget_s: float | None = None
+    batch_size: int = 64
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the result (everything but the time budget)."""
+        out = dataclasses.asdict(self)
+        out.pop("budget_s")
+        return out
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        defense = f"+{self.defense}" if self.defense else ""
+        return f"{self.model}{defense} / {self.probe}"
+
+
+@dataclass
+class RunOutcome:
+    """A finished run: its spec, the result and whether it came from the store (``resumed``)."""
+
+    spec: RunSpec
+    result: ProbeResult
+    data_name: str
+    score_doc: str = ""
+    resumed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "run_id": self.spec.run_id,
+            "model": self.spec.model,
+            "defense": self.spec.defense,
+            "probe": self.spec.probe,
+            "params": self.spec.params,
+            "data": self.data_name,
+            "samples": int(len(r.records)) if len(r.records) else self.spec.samples,
+            "score": r.score,
+            "metrics": r.metrics,
+            "status": r.status,
+            "message": r.message,
+            "seconds": round(r.seconds, 3),
+            "seed": r.seed,
+            "score_doc": self.score_doc,
+        }
+
+
+def environment() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    import z3
+
+    from robustcheck.attacks._foolbox import foolbox_version
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "foolbox": foolbox_version(),
+        "z3": z3.get_version_string(),
+        "platform": platform.platform(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+class Runner:
+    """Executes run specs with caching of models and data, persistence and progress.
+
+    Args:
+        out_dir: output folder (``None``: keep nothing on disk).
+        resume: reuse runs already stored in ``out_dir`` (else the store is cleared first).
+        quiet: no progress bars.
+    """
+
+    def __init__(self, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False) -> None:
+        from robustcheck.store import RunStore
+
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.quiet = quiet
+        self.store = RunStore(self.out_dir / "runs.sqlite") if self.out_dir is not None else None
+        if self.store is not None and not resume:
+            self.store.clear()
+        self._models: dict[str, ImageClassifier] = {}
+        self._data: dict[str, ImageDataset] = {}
+
+    # -- resolution (cached) -------------------------------------------------------------------
+    def add_model(self, name: str, model: ImageClassifier) -> None:
+        """Make an in-memory model available to specs under ``name``."""
+        self._models[name] = model
+
+    def add_data(self, name: str, data: ImageDataset) -> None:
+        """Make an in-memory data set available to specs under ``name``."""
+        self._data[name] = data
+
+    def model(self, spec: str) -> ImageClassifier:
+        if spec not in self._models:
+            from robustcheck.loading import load_model
+
+            self._models[spec] = load_model(spec)
+        return self._models[spec]
+
+    def data_for(self, spec: RunSpec) -> ImageDataset:
+        """The samples ``spec`` runs on, checked against its model (shape, bounds, label range)."""
+        model = self.model(spec.model)
+        name = spec.data or model.default_data
+        if name is None:
+            raise InputError(f"model {spec.model!r} names no default data: pass --data")
+        if name not in self._data:
+            self._data[name] = load_data(name)
+        data = self._data[name].head(spec.samples)
+        model.validate(data.x[:1], what=f"data {name!r}")
+        if model.num_classes is not None and len(data) and int(data.y.max()) >= model.num_classes:
+            raise InputError(f"data {name!r} has label {int(data.y.max())} but model {spec.model!r} has {model.num_classes} classes")
+        return data
+
+    def check(self, specs: Sequence[RunSpec]) -> None:
+        """Resolve every name, parameter, model and data set before running anything (fail fast)."""
+        from robustcheck.loading import create_defense, create_probe
+
+        for spec in specs:
+            model = self.model(spec.model)
+            data = self.data_for(spec)
+            model.predict(data.x[:2])  # a model that raises fails here, before any run
+            target = create_defense(spec.defense).apply(model) if spec.defense else model
+            create_probe(spec.probe, **spec.params).check_requirements(target)
+
+    # -- execution -----------------------------------------------------------------------------
+    def execute(self, spec: RunSpec, progress: Any = None) -> RunOutcome:
+        """Run one unit now (no store lookup); probe errors become status ``error``."""
+        from robustcheck.loading import create_defense, create_probe
+
+        seed_everything(spec.seed)
+        probe = create_probe(spec.probe, **spec.params)
+        model = self.model(spec.model)
+        data = self.data_for(spec)
+        target = create_defense(spec.defense).apply(model) if spec.defense else model
+        probe.check_requirements(target)
+        deadline = time.monotonic() + spec.budget_s if spec.budget_s else None
+        context = RunContext(
+            seed=spec.seed,
+            deadline=deadline,
+            batch_size=spec.batch_size,
+            bare_model=model if spec.defense else None,
+            progress=progress,
+        )
+        start = time.perf_counter()
+        try:
+            result = probe.run(target, data, context)
+        except ProbeTimeout as exc:
+            result = ProbeResult(None, status="timeout", message=f"{exc} after {spec.budget_s} s")
+        except RobustCheckError as exc:
+            result = ProbeResult(None, status="error", message=str(exc))
+        except Exception as exc:  # a probe's bug must not lose the audit: record it, keep going
+            result = ProbeResult(None, status="error", message=f"probe {spec.probe!r} raised {type(exc).__name__}: {exc}")
+        result.seed, result.seconds = spec.seed, time.perf_counter() - start
+        return RunOutcome(spec, result, data.name, probe.score_doc)
+
+    def run(self, specs: Sequence[RunSpec]) -> list[RunOutcome]:
+        """Execute ``specs`` in order, reusing stored runs; each finished run is saved at once."""
+        outcomes: list[RunOutcome] = []
+        with self._progress() as bar:
+            for spec in specs:
+                stored = self._stored(spec)
+                if stored is not None:
+                    outcomes.append(stored)
+                    continue
+                task = bar.add_task(spec.label, total=len(self.data_for(spec))) if bar else None
+                outcome = self.execute(spec, progress=(lambda n, t=task: bar.advance(t, n)) if bar else None)
+                if bar:
+                    bar.update(task, completed=bar.tasks[task].total, description=f"{spec.label}: {_summary(outcome)}")
+                self._save(outcome)
+                outcomes.append(outcome)
+        return outcomes
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[Any]:
+        if self.quiet:
+            yield None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, transient=False) as bar:
+            yield bar
+
+    def _stored(self, spec: RunSpec) -> RunOutcome | None:
+        if self.store is None:
+            return None
+        found = self.store.load(spec.run_id)
+        if found is None:
+            return None
+        row, records, artifacts = found
+        if row["status"] == "error":  # errors are retried on resume; ok and timeout runs are final
+            return None
+        result = ProbeResult(row["score"], row["metrics"], records, artifacts, row["status"], row["message"], row["seed"], row["seconds"])
+        return RunOutcome(spec, result, row["data"], row.get("score_doc", ""), resumed=True)
+
+    def _save(self, outcome: RunOutcome) -> None:
+        if self.store is not None:
+            spec = dataclasses.asdict(outcome.spec)
+            self.store.save(outcome.spec.run_id, spec, outcome.to_json(), outcome.result.records, outcome.result.artifacts)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def results(self, outcomes: Sequence[RunOutcome], seed: int) -> dict[str, Any]:
+        """The canonical ``results.json`` content."""
+        return {
+            "robustcheck_version": robustcheck.__version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "seed": seed,
+            "environment": environment(),
+            "runs": [o.to_json() for o in outcomes],
+        }
+
+    def write_outputs(self, outcomes: Sequence[RunOutcome], seed: int, fail_under: float | None = None) -> dict[str, Any]:
+        """Write ``results.json``, ``records.csv`` and ``report.html`` into ``out_dir``; return the results."""
+        from robustcheck.reports.html import write_report
+
+        results = self.results(outcomes, seed)
+        if self.out_dir is None:
+            return results
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        records_table(outcomes).to_csv(self.out_dir / "records.csv", index=False)
+        artifacts: dict[str, list[Artifact]] = {o.spec.run_id: o.result.artifacts for o in outcomes}
+        write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
+        return results
+
+
+def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
+    """All per-sample rows, each prefixed by the run it belongs to."""
+    frames = []
+    for o in outcomes:
+        if len(o.result.records):
+            frame = o.result.records.copy()
+            for position, (key, value) in enumerate(
+                (("run_id", o.spec.run_id), ("model", o.spec.model), ("defense", o.spec.defense or ""), ("probe", o.spec.probe))
+            ):
+                frame.insert(position, key, value)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "model", "defense", "probe"])
+
+
+def _summary(outcome: RunOutcome) -> str:
+    r = outcome.result
+    return f"score {r.score:.3f}" if r.status == "ok" and r.score is not None else r.status
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

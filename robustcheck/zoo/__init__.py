@@ -1,0 +1,91 @@
+"""Built-in model zoo: small models trained by our own code, deterministically, on bundled data.
+
+Weights ship beside this file (``<name>.pt``, loaded with ``weights_only=True``) and are
+reproduced by ``robustcheck zoo train``. Each model names its default data source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from robustcheck.data import DIGIT_CLASSES
+from robustcheck.models import ImageClassifier
+
+WEIGHTS_DIR = Path(__file__).parent
+
+
+def _mlp() -> nn.Module:
+    # 64-32-32-10: small enough for exact (Z3 / MILP) local verification.
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 16 x 16 x 16
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 8 x 8
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 4 x 4
+        nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """How to build, train and wrap one built-in model."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    data: str
+    input_shape: tuple[int, int, int]
+    epochs: int
+    lr: float
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @property
+    def weights_path(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.pt"
+
+    def wrap(self, module: nn.Module) -> ImageClassifier:
+        return ImageClassifier(
+            module,
+            bounds=(0.0, 1.0),
+            mean=self.mean,
+            std=self.std,
+            labels=DIGIT_CLASSES,
+            input_shape=self.input_shape,
+            name=self.name,
+            default_data=self.data,
+        )
+
+
+ZOO: dict[str, ZooSpec] = {
+    spec.name: spec
+    for spec in (
+        ZooSpec("digits-mlp", _mlp, "digits", (1, 8, 8), epochs=60, lr=3e-3),
+        ZooSpec("digits-cnn", _cnn, "digits-rgb32", (3, 32, 32), epochs=30, lr=3e-3, mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
+}
+
+
+def load_zoo_model(name: str, weights: str | Path | None = None) -> ImageClassifier:
+    """Build ``name`` and load its shipped (or the given) weights; the model is in eval mode."""
+    from robustcheck.loading import load_state_dict
+
+    spec = ZOO[name]
+    module = spec.build()
+    module.load_state_dict(load_state_dict(weights or spec.weights_path))
+    return spec.wrap(module.eval())
+
+
+def digits_mlp(weights: str | None = None) -> ImageClassifier:
+    """64-32-32-10 ReLU MLP on 1x8x8 bundled digits (exactly verifiable)."""
+    return load_zoo_model("digits-mlp", weights)
+
+
+def digits_cnn(weights: str | None = None) -> ImageClassifier:
+    """Small 3-layer CNN on 3x32x32 coloured digits (digits-rgb32), normalisation inside the wrapper."""
+    return load_zoo_model("digits-cnn", weights)

@@ -1,0 +1,57 @@
+"""Deterministic training of the built-in zoo (``robustcheck zoo train``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from robustcheck.data import load_data
+from robustcheck.runner import seed_everything
+from robustcheck.zoo import ZOO
+
+TRAIN_SEED = 0
+BATCH_SIZE = 64
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of ``model`` on images ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)``."""
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def train(name: str, out_dir: Path | None = None, *, verbose: bool = True) -> tuple[Path, float]:
+    """Train zoo model ``name`` from scratch; write ``<out_dir>/<name>.pt``; return (path, test accuracy).
+
+    Same seed, same thread count and same torch build give bit-identical weights.
+    """
+    spec = ZOO[name]
+    seed_everything(TRAIN_SEED)
+    torch.use_deterministic_algorithms(True)
+    train_set = load_data(spec.data, split="train")
+    test_set = load_data(spec.data, split="test")
+    module = spec.build()
+    model = spec.wrap(module)
+    optimizer = torch.optim.Adam(module.parameters(), lr=spec.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, spec.epochs)
+    generator = torch.Generator().manual_seed(TRAIN_SEED)
+    for epoch in range(spec.epochs):
+        model.train()
+        order = torch.randperm(len(train_set), generator=generator)
+        for start in range(0, len(order), BATCH_SIZE):
+            idx = order[start : start + BATCH_SIZE]
+            loss = F.cross_entropy(model(train_set.x[idx]), train_set.y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        if verbose and (epoch + 1) % 10 == 0:
+            model.eval()
+            print(f"{name} epoch {epoch + 1}/{spec.epochs}: loss {loss.item():.4f}, test accuracy {accuracy(model, test_set.x, test_set.y):.4f}")
+    model.eval()
+    test_accuracy = accuracy(model, test_set.x, test_set.y)
+    path = (Path(out_dir) if out_dir else spec.weights_path.parent) / f"{name}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(module.state_dict(), path)
+    return path, test_accuracy
