@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Audit the built-in zoo (every built-in model, bare and with each built-in defense) into one
-# results database, then build the leaderboard. About two minutes on 2 CPU cores.
+# results database, then build the leaderboard (HTML and Markdown). A few minutes on 2 CPU cores.
 set -euo pipefail
 out="${1:-leaderboard-out}"
 for model in digits-mlp digits-cnn; do
@@ -9,4 +9,3 @@ for model in digits-mlp digits-cnn; do
 done
 robustcheck leaderboard "$out/results.db" --out "$out/leaderboard.html"
 robustcheck leaderboard "$out/results.db" --markdown --out "$out/leaderboard.md"
-cat "$out/leaderboard.md"

@@ -5,6 +5,7 @@ Config file (every key optional; command-line options override)::
     seed = 0
     samples = 100
     out = "robustcheck-report"
+    results_db = "results.db"  # runs are appended here for leaderboards (default: OUT/results.db)
     data = "digits-rgb32"
     fail_under = 0.3          # threshold for every probe
     budget = 120              # seconds per run
@@ -33,7 +34,7 @@ DEFAULT_MODEL = "digits-cnn"
 DEFAULT_OUT = "robustcheck-report"
 DEFAULT_SAMPLES = 100
 DEFAULT_BUDGET_S = 120.0
-TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses"}
+TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db"}
 MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
 PROBE_KEYS = {"name", "params", "fail_under"}
 
@@ -65,6 +66,12 @@ class AuditPlan:
     fail_under: float | None = None
     budget: float | None = DEFAULT_BUDGET_S
     batch_size: int = 64
+    results_db: Path | None = None  # None: OUT/results.db
+
+    @property
+    def results_db_path(self) -> Path:
+        """Where the audit appends its runs for leaderboards (default: next to the report)."""
+        return self.results_db or self.out / "results.db"
 
     @classmethod
     def from_sources(cls, cli: dict[str, Any], config: str | Path | None = None) -> AuditPlan:
@@ -91,6 +98,7 @@ class AuditPlan:
             fail_under=values.get("fail_under"),
             budget=float(budget) if budget else None,
             batch_size=_positive_int(values.get("batch_size", 64), "batch_size"),
+            results_db=Path(values["results_db"]) if values.get("results_db") else None,
         )
 
     def threshold(self, probe: str) -> float:
@@ -163,6 +171,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for key in ("fail_under", "budget"):
         if key in values and not isinstance(values[key], (int, float)):
             raise UsageError(f"{path}: {key!r} must be a number, got {values[key]!r}")
+    if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)):
+        raise UsageError(f"{path}: 'seed' must be an integer, got {values['seed']!r}")
+    for key in ("out", "data"):
+        if key in values and not isinstance(values[key], str):
+            raise UsageError(f"{path}: {key!r} must be a string, got {values[key]!r}")
+    for i, defense in enumerate(values.get("defenses", [])):
+        if not isinstance(defense, str):
+            raise UsageError(f"{path}: defenses[{i}] must be a string such as \"bit-depth:bits=4\" or \"none\", got {defense!r}")
     return values
 
 

@@ -44,8 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--fail-under", type=float, help="exit 1 if any score is below this threshold")
     audit.add_argument("--budget", type=float, help=f"time budget per run in seconds (default {DEFAULT_BUDGET_S:g}; 0: none)")
     audit.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
+    audit.add_argument("--results-db", help="results database the runs are appended to, for leaderboards (default OUT/results.db)")
     audit.add_argument("--resume", action="store_true", help="reuse runs already finished in the output folder")
     audit.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+
+    board = sub.add_parser("leaderboard", help="rank models and defended variants across audits")
+    board.add_argument("sources", nargs="+", help="results databases, results.json files or audit folders")
+    board.add_argument("--out", default="leaderboard.html", help="output file (default leaderboard.html)")
+    board.add_argument("--markdown", action="store_true", help="write Markdown instead of HTML")
+    board.add_argument("--all", action="store_true", help="average every run of a cell instead of taking the latest")
 
     zoo = sub.add_parser("zoo", help="the built-in model zoo")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", parser_class=_Parser)
@@ -64,16 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "list":
             return cmd_list(args)
+        if command == "leaderboard":
+            return cmd_leaderboard(args)
         if command == "zoo":
             return cmd_zoo(args, parser)
         return cmd_audit(args)
     except RobustCheckError as exc:
-        print(f"robustcheck: error: {exc}", file=sys.stderr)
+        print(f"robustcheck: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _one_line(message: str) -> str:
+    """Errors are shown as one line: torch and plugin messages often span several."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from robustcheck import registry
@@ -84,8 +99,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         for column in ("name", "source", "description"):
             table.add_column(column)
         for entry in registry.entries(kind):
-            table.add_row(entry.name, entry.source, entry.summary)
+            table.add_row(escape(entry.name), escape(entry.source), escape(entry.summary))
         console.print(table)
+    return EXIT_OK
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from robustcheck.reports.leaderboard import build_leaderboard, to_markdown, write_leaderboard
+    from robustcheck.resultsdb import runs_frame
+
+    table, probes = build_leaderboard(runs_frame(args.sources), all_runs=args.all)
+    path = write_leaderboard(table, probes, args.out, markdown=args.markdown)
+    if not args.markdown:
+        print(to_markdown(table, probes), end="")
+    print(f"leaderboard: {path}")
     return EXIT_OK
 
 
@@ -128,6 +155,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
         "fail_under": args.fail_under,
         "budget": args.budget,
         "batch_size": args.batch_size,
+        "results_db": args.results_db,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -137,19 +165,19 @@ def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
     from robustcheck.runner import Runner
 
     runner = Runner(plan.out, resume=resume, quiet=quiet)
-    specs = plan.specs(runner)
-    runner.check(specs)
-    try:
+    try:  # Ctrl-C while models load or outputs are written is an interruption too, not a traceback
+        specs = plan.specs(runner)
+        runner.check(specs)
         outcomes = runner.run(specs)
+        runner.write_outputs(outcomes, plan.seed, plan.fail_under, plan.results_db_path)
     except KeyboardInterrupt:
         print(f"\nrobustcheck: interrupted; finished runs are saved in {plan.out}: rerun with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    runner.write_outputs(outcomes, plan.seed, plan.fail_under)
     if not quiet:
         _print_summary(outcomes, plan)
     errors = [o for o in outcomes if o.result.status == "error"]
     for o in errors:
-        print(f"robustcheck: error: {o.spec.label}: {o.result.message}", file=sys.stderr)
+        print(f"robustcheck: error: {_one_line(f'{o.spec.label}: {o.result.message}')}", file=sys.stderr)
     if errors:
         return EXIT_USAGE
     if any(o.result.score is not None and o.result.score < plan.threshold(o.spec.probe) for o in outcomes):
@@ -161,6 +189,7 @@ def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
 
 def _print_summary(outcomes: Sequence[Any], plan: Any) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="robustcheck audit", title_justify="left")
@@ -173,12 +202,12 @@ def _print_summary(outcomes: Sequence[Any], plan: Any) -> None:
         if r.score is not None and r.score < plan.threshold(o.spec.probe):
             score = f"[red]{score}[/red]"
         table.add_row(
-            o.spec.model, o.spec.defense or "—", o.spec.probe, "—" if clean is None else f"{clean:.3f}", score,
+            escape(o.spec.model), escape(o.spec.defense or "—"), escape(o.spec.probe), "—" if clean is None else f"{clean:.3f}", score,
             r.status + (" (saved)" if o.resumed else ""), f"{r.seconds:.1f}",
         )  # fmt: skip
     console = Console()
     console.print(table)
-    console.print(f"report: {Path(plan.out) / 'report.html'}")
+    console.print(f"report: {escape(str(Path(plan.out) / 'report.html'))}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class UnknownPluginError(UsageError):
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        listing = f" Known {kind}s: {', '.join(known)}." if known else ""
+        listing = f"{' ' if close else '. '}Known {kind}s: {', '.join(known)}." if known else ""
         super().__init__(f"unknown {kind} {name!r}{hint}{listing}")
         self.kind, self.name, self.suggestions = kind, name, close
 

@@ -173,7 +173,7 @@ class Runner:
         if name not in self._data:
             self._data[name] = load_data(name)
         data = self._data[name].head(spec.samples)
-        model.validate(data.x[:1], what=f"data {name!r}")
+        model.validate(data.x, what=f"data {name!r}")  # every sample: bounds are per-sample values
         if model.num_classes is not None and len(data) and int(data.y.max()) >= model.num_classes:
             raise InputError(f"data {name!r} has label {int(data.y.max())} but model {spec.model!r} has {model.num_classes} classes")
         return data
@@ -194,10 +194,12 @@ class Runner:
         """Run one unit now (no store lookup); probe errors become status ``error``."""
         from robustcheck.loading import create_defense, create_probe
 
-        seed_everything(spec.seed)
-        probe = create_probe(spec.probe, **spec.params)
         model = self.model(spec.model)
         data = self.data_for(spec)
+        # seed after the cached model and data are resolved: building a model the first time draws
+        # random initial weights, which would otherwise make a run depend on whether it came first
+        seed_everything(spec.seed)
+        probe = create_probe(spec.probe, **spec.params)
         target = create_defense(spec.defense).apply(model) if spec.defense else model
         probe.check_requirements(target)
         deadline = time.monotonic() + spec.budget_s if spec.budget_s else None
@@ -211,6 +213,7 @@ class Runner:
         start = time.perf_counter()
         try:
             result = probe.run(target, data, context)
+            json.dumps(result.metrics, default=_json_default)  # metrics a probe cannot save fail this run only
         except ProbeTimeout as exc:
             result = ProbeResult(None, status="timeout", message=f"{exc} after {spec.budget_s} s")
         except RobustCheckError as exc:
@@ -229,10 +232,12 @@ class Runner:
                 if stored is not None:
                     outcomes.append(stored)
                     continue
-                task = bar.add_task(spec.label, total=len(self.data_for(spec))) if bar else None
+                # labels hold user text (model names, paths): escape it, rich would read "[...]" as markup
+                label = _escape_markup(spec.label)
+                task = bar.add_task(label, total=len(self.data_for(spec))) if bar else None
                 outcome = self.execute(spec, progress=(lambda n, t=task: bar.advance(t, n)) if bar else None)
                 if bar:
-                    bar.update(task, completed=bar.tasks[task].total, description=f"{spec.label}: {_summary(outcome)}")
+                    bar.update(task, completed=bar.tasks[task].total, description=f"{label}: {_summary(outcome)}")
                 self._save(outcome)
                 outcomes.append(outcome)
         return outcomes
@@ -276,8 +281,11 @@ class Runner:
             "runs": [o.to_json() for o in outcomes],
         }
 
-    def write_outputs(self, outcomes: Sequence[RunOutcome], seed: int, fail_under: float | None = None) -> dict[str, Any]:
-        """Write ``results.json``, ``records.csv`` and ``report.html`` into ``out_dir``; return the results."""
+    def write_outputs(
+        self, outcomes: Sequence[RunOutcome], seed: int, fail_under: float | None = None, results_db: str | Path | None = None
+    ) -> dict[str, Any]:
+        """Write ``results.json``, ``records.csv`` and ``report.html`` into ``out_dir`` and append the
+        runs to the results database ``results_db`` (if given); return the results."""
         from robustcheck.reports.html import write_report
 
         results = self.results(outcomes, seed)
@@ -287,7 +295,12 @@ class Runner:
         (self.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
         records_table(outcomes).to_csv(self.out_dir / "records.csv", index=False)
         artifacts: dict[str, list[Artifact]] = {o.spec.run_id: o.result.artifacts for o in outcomes}
-        write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
+        report = write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
+        if results_db is not None:
+            from robustcheck.resultsdb import ResultsDB, weights_hash
+
+            hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
+            ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)
         return results
 
 
@@ -310,9 +323,17 @@ def _summary(outcome: RunOutcome) -> str:
     return f"score {r.score:.3f}" if r.status == "ok" and r.score is not None else r.status
 
 
+def _escape_markup(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
+    if isinstance(value, np.generic):  # np.float32, np.int64, np.bool_, ...
         return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

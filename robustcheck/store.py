@@ -8,12 +8,15 @@ WAL mode and a busy timeout let several processes append to the same file safely
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from robustcheck.api import Artifact
@@ -32,6 +35,39 @@ CREATE TABLE IF NOT EXISTS runs (
     finished TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 """
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (in metrics or record cells) as plain JSON values; anything else as text."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _records_to_json(records: pd.DataFrame) -> str:
+    """Per-sample rows, exactly: floats keep all their digits and every column keeps its dtype.
+
+    (``DataFrame.to_json`` rounds floats to 10 digits and ``read_json`` re-infers types, turning
+    string columns such as ``"007"`` into integers, so resumed runs would not match fresh ones.)
+    """
+    cells = records.astype(object).where(records.notna(), None)
+    return json.dumps(
+        {"columns": [str(c) for c in records.columns], "dtypes": [str(t) for t in records.dtypes], "data": cells.values.tolist()},
+        default=_json_default,
+    )
+
+
+def _records_from_json(text: str) -> pd.DataFrame:
+    doc = json.loads(text)
+    if "dtypes" not in doc:  # written by DataFrame.to_json(orient="split") (robustcheck 0.1.0)
+        return pd.read_json(io.StringIO(text), orient="split")
+    records = pd.DataFrame(doc["data"], columns=doc["columns"])
+    for column, dtype in zip(doc["columns"], doc["dtypes"], strict=True):
+        with contextlib.suppress(TypeError, ValueError):
+            records[column] = records[column].astype(dtype)
+    return records
 
 
 def _artifacts_to_json(artifacts: list[Artifact]) -> str:
@@ -64,14 +100,29 @@ class RunStore:
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot use run store {str(self.path)!r}: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits (or rolls back) and is closed at the end of the block.
+
+        (``with sqlite3.connect(...)`` alone commits but leaves the connection open.)
+        """
         db = sqlite3.connect(self.path, timeout=30.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:
+                yield db
+        finally:
+            db.close()
 
     def save(self, run_id: str, spec: dict[str, Any], result: dict[str, Any], records: pd.DataFrame, artifacts: list[Artifact]) -> None:
         """Insert or replace one finished run, committed before returning."""
-        payload = (run_id, json.dumps(spec), json.dumps(result), records.to_json(orient="split", index=False), _artifacts_to_json(artifacts))
+        payload = (
+            run_id,
+            json.dumps(spec, default=_json_default),
+            json.dumps(result, default=_json_default),
+            _records_to_json(records),
+            _artifacts_to_json(artifacts),
+        )
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO runs (run_id, spec, result, records, artifacts) VALUES (?, ?, ?, ?, ?)", payload)
 
@@ -81,8 +132,7 @@ class RunStore:
             row = db.execute("SELECT result, records, artifacts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        records = pd.read_json(io.StringIO(row[1]), orient="split")
-        return json.loads(row[0]), records, _artifacts_from_json(row[2])
+        return json.loads(row[0]), _records_from_json(row[1]), _artifacts_from_json(row[2])
 
     def run_ids(self) -> set[str]:
         with self._connect() as db:

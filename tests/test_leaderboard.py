@@ -113,3 +113,29 @@ def test_newer_schema_and_bad_sources_are_refused(tmp_path):
     bad.write_text("{")
     with pytest.raises(InputError, match="not valid JSON"):
         runs_frame([bad])
+
+
+def test_leaderboard_from_two_real_audits(tmp_path, capsys):
+    from robustcheck.cli import main
+
+    db = tmp_path / "results.db"
+    for model in ("digits-mlp", "digits-cnn"):
+        code = main(["audit", "--model", model, "--probe", "fgsm", "--defense", "none", "--defense", "bit-depth",
+                     "--samples", "16", "--out", str(tmp_path / model), "--results-db", str(db), "--quiet"])  # fmt: skip
+        assert code == 0
+    frame = runs_frame([db])
+    assert len(frame) == 4 and frame["weights_hash"].str.len().eq(16).all()
+    assert frame.groupby("model")["weights_hash"].nunique().eq(1).all()
+    out = tmp_path / "board.html"
+    assert main(["leaderboard", str(db), "--out", str(out)]) == 0
+    table, _ = build_leaderboard(frame)
+    assert sorted(zip(table["model"], table["defense"], strict=True)) == [
+        ("digits-cnn", ""), ("digits-cnn", "bit-depth"), ("digits-mlp", ""), ("digits-mlp", "bit-depth")
+    ]  # fmt: skip
+    assert list(table["rank"]) == sorted(table["rank"]) and table["fgsm"].between(0, 1).all()
+    html = out.read_text()
+    assert html.count("<tr>") == 5 and "digits-mlp/report.html" in html
+    # results.json folders work as sources too, and Markdown output
+    md = tmp_path / "board.md"
+    assert main(["leaderboard", str(tmp_path / "digits-mlp"), str(tmp_path / "digits-cnn"), "--markdown", "--out", str(md)]) == 0
+    assert md.read_text().startswith("| rank | model | defense |")

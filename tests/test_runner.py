@@ -1,0 +1,199 @@
+"""Tests of the runner (robustcheck.runner) and its run store (robustcheck.store), in-process."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import stored_runs
+
+from robustcheck.api import Artifact
+from robustcheck.errors import RequirementError, UsageError
+from robustcheck.runner import Runner, RunSpec, records_table
+from robustcheck.store import RunStore
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SPEC = {"model": "digits-cnn", "samples": 8, "seed": 0}
+
+
+def _spec(probe: str, **changes: Any) -> RunSpec:
+    return RunSpec(**{**SPEC, "probe": probe, **changes})
+
+
+# --------------------------------------------------------------------------------------------- run specs
+
+
+def test_run_id_ignores_the_budget_only() -> None:
+    spec = _spec("fgsm", params={"epsilons": [0.0, 0.1]})
+    assert spec.run_id == _spec("fgsm", params={"epsilons": [0.0, 0.1]}, budget_s=3.0).run_id
+    for other in (_spec("fgsm"), _spec("fgsm", params={"epsilons": [0.0, 0.1]}, seed=1), _spec("pgd-linf", params={"epsilons": [0.0, 0.1]})):
+        assert other.run_id != spec.run_id
+    assert _spec("fgsm", defense="bit-depth").label == "digits-cnn+bit-depth / fgsm"
+
+
+# --------------------------------------------------------------------------------------------- store
+
+
+def test_store_round_trips_records_exactly(tmp_path: Path) -> None:
+    records = pd.DataFrame(
+        {
+            "index": [0, 1, 2],
+            "label": ["007", "12", "3"],  # strings that look like numbers stay strings
+            "confidence": [0.5188802480697632, 1 / 3, 2 / 3],  # every digit survives
+            "correct": [True, False, True],
+            "min_epsilon": [None, 0.1, None],  # missing values stay NaN in a float column
+            "note": ["a", None, "c"],
+            "when_at": ["1234567890", "1", "2"],  # pandas would read this name as a date column
+        }
+    )
+    store = RunStore(tmp_path / "runs.sqlite")
+    artifact = Artifact("sample 0", [np.zeros((1, 4, 4))], ["clean"])
+    store.save("abc", {"probe": "x"}, {"score": 0.5, "metrics": {"n": np.int64(3), "ok": np.bool_(True)}}, records, [artifact])
+    result, loaded, artifacts = RunStore(tmp_path / "runs.sqlite").load("abc")
+    pd.testing.assert_frame_equal(loaded, records)
+    assert result == {"score": 0.5, "metrics": {"n": 3, "ok": True}}
+    assert artifacts[0].title == "sample 0" and artifacts[0].png_images()[0].startswith(b"\x89PNG")
+    assert store.load("missing") is None
+    assert store.run_ids() == {"abc"}
+    store.save("empty", {}, {}, pd.DataFrame(), [])
+    assert store.load("empty")[1].empty
+    store.clear()
+    assert store.run_ids() == set()
+
+
+def test_store_reads_records_written_by_0_1_0(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.sqlite")
+    store.save("old", {}, {"score": 1.0}, pd.DataFrame(), [])
+    import sqlite3
+
+    legacy = pd.DataFrame({"index": [0, 1], "correct": [True, False]}).to_json(orient="split", index=False)
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET records = ? WHERE run_id = 'old'", (legacy,))
+    assert store.load("old")[1]["correct"].tolist() == [True, False]
+
+
+def test_store_rejects_a_file_that_is_not_sqlite(tmp_path: Path) -> None:
+    from robustcheck.errors import InputError
+
+    (tmp_path / "runs.sqlite").write_text("not a database " * 100)
+    with pytest.raises(InputError, match="run store"):
+        RunStore(tmp_path / "runs.sqlite")
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+def test_check_fails_before_running_anything(helpers: Any, tmp_path: Path) -> None:
+    runner = Runner(tmp_path / "o", quiet=True)
+    with pytest.raises(RequirementError, match="Linear/Conv2d/ReLU"):
+        runner.check([_spec("fgsm"), _spec("needs-relu")])
+    with pytest.raises(UsageError, match="stepz"):
+        runner.check([_spec("fgsm", params={"stepz": 3})])
+    assert runner.store is not None and runner.store.run_ids() == set()
+
+
+def test_same_seed_same_results(helpers: Any) -> None:
+    specs = [_spec("pgd-linf", params={"steps": 3, "epsilons": [0.0, 0.03]}), _spec("sleepy", params={"sleep": 0.0})]
+    runner = Runner(None, quiet=True)
+    first, second = runner.run(specs), runner.run(specs)
+    for a, b in zip(first, second, strict=True):
+        assert a.result.score == b.result.score and a.result.metrics == b.result.metrics
+        pd.testing.assert_frame_equal(a.result.records, b.result.records)
+    other = runner.run([_spec("sleepy", params={"sleep": 0.0}, seed=1)])
+    assert other[0].result.records["noise"].tolist() != first[1].result.records["noise"].tolist()
+
+
+def test_probe_errors_and_timeouts_become_statuses(helpers: Any, tmp_path: Path) -> None:
+    runner = Runner(tmp_path / "o", quiet=True)
+    outcomes = runner.run([_spec("sleepy", params={"sleep": 0.0}), _spec("explode"), _spec("sleepy", budget_s=0.01)])
+    assert [o.result.status for o in outcomes] == ["ok", "error", "timeout"]
+    assert "RuntimeError" in outcomes[1].result.message and outcomes[1].result.score is None
+    assert "budget" in outcomes[2].result.message
+    assert {r["status"] for r in stored_runs(tmp_path / "o" / "runs.sqlite").values()} == {"ok", "error", "timeout"}
+
+
+def test_resume_reuses_finished_runs_and_retries_errors(helpers: Any, tmp_path: Path) -> None:
+    specs = [_spec("sleepy", params={"sleep": 0.0}), _spec("explode"), _spec("sleepy", budget_s=0.01)]
+    Runner(tmp_path / "o", quiet=True).run(specs)
+    before = stored_runs(tmp_path / "o" / "runs.sqlite")
+    outcomes = Runner(tmp_path / "o", resume=True, quiet=True).run(specs)
+    assert [o.resumed for o in outcomes] == [True, False, True]  # errors are retried, timeouts are final
+    after = stored_runs(tmp_path / "o" / "runs.sqlite")
+    assert after[specs[0].run_id]["finished"] == before[specs[0].run_id]["finished"]
+    assert after[specs[1].run_id]["finished"] != before[specs[1].run_id]["finished"]
+    # a resumed outcome writes the same results and records as the original one
+    original = Runner(None, quiet=True).run(specs[:1])[0]
+    assert outcomes[0].to_json() | {"seconds": 0} == original.to_json() | {"seconds": 0}
+    pd.testing.assert_frame_equal(outcomes[0].result.records, original.result.records)
+    # without resume the store starts empty
+    Runner(tmp_path / "o", quiet=True)
+    assert stored_runs(tmp_path / "o" / "runs.sqlite") == {}
+
+
+def test_numpy_metrics_are_saved_and_written(helpers: Any, tmp_path: Path) -> None:
+    runner = Runner(tmp_path / "o", quiet=True)
+    outcomes = runner.run([_spec("numpy-metrics")])
+    assert outcomes[0].result.status == "ok"
+    results = runner.write_outputs(outcomes, seed=0)
+    written = json.loads((tmp_path / "o" / "results.json").read_text())
+    metrics = written["runs"][0]["metrics"]
+    assert metrics["correct"] == int(outcomes[0].result.records["correct"].sum())
+    assert isinstance(metrics["all_correct"], bool) and len(metrics["flags"]) == 3
+    assert written["runs"][0]["score"] == results["runs"][0]["score"]
+    resumed = Runner(tmp_path / "o", resume=True, quiet=True).run([_spec("numpy-metrics")])[0]
+    assert resumed.resumed and resumed.result.metrics == metrics
+
+
+def test_results_and_records_table(helpers: Any) -> None:
+    runner = Runner(None, quiet=True)
+    outcomes = runner.run([_spec("sleepy", params={"sleep": 0.0}), _spec("explode")])
+    results = runner.write_outputs(outcomes, seed=0)  # no out_dir: nothing written, results returned
+    assert results["seed"] == 0 and len(results["runs"]) == 2
+    assert set(results["environment"]) == {"python", "torch", "foolbox", "z3", "platform", "device"}
+    ok, error = results["runs"]
+    assert ok["samples"] == 8 and ok["data"] == "digits-rgb32" and math.isclose(ok["score"], ok["metrics"]["clean_accuracy"])
+    assert error["status"] == "error" and error["samples"] == 8
+    table = records_table(outcomes)
+    assert len(table) == 8 and list(table.columns[:4]) == ["run_id", "model", "defense", "probe"]
+    assert records_table([]).empty
+
+
+def test_in_memory_models_and_data(helpers: Any) -> None:
+    from robustcheck.data import load_data
+    from robustcheck.loading import load_model
+
+    runner = Runner(None, quiet=True)
+    runner.add_model("mine", load_model("digits-mlp"))
+    runner.add_data("few", load_data("digits").head(4))
+    (outcome,) = runner.run([RunSpec(model="mine", data="few", probe="sleepy", params={"sleep": 0.0}, samples=None)])
+    assert outcome.result.status == "ok" and len(outcome.result.records) == 4 and outcome.data_name == "digits"
+
+
+def test_metrics_that_cannot_be_saved_fail_that_run_only(tmp_path: Path) -> None:
+    import torch
+
+    from robustcheck import registry
+    from robustcheck.api import Probe, ProbeResult
+
+    @registry.register("probe", "tensor-metrics")
+    class TensorMetrics(Probe):
+        """Returns a torch tensor in its metrics."""
+
+        def run(self, model: Any, data: Any, context: Any) -> ProbeResult:
+            return ProbeResult(0.5, {"mean": torch.tensor(0.5)})
+
+    try:
+        runner = Runner(tmp_path / "o", quiet=True)
+        outcomes = runner.run([_spec("tensor-metrics"), _spec("fgsm", params={"epsilons": [0.0, 0.03]})])
+        assert [o.result.status for o in outcomes] == ["error", "ok"]
+        assert "not JSON serialisable" in outcomes[0].result.message
+        runner.write_outputs(outcomes, seed=0)
+        assert len(json.loads((tmp_path / "o" / "results.json").read_text())["runs"]) == 2
+    finally:
+        registry.unregister("probe", "tensor-metrics")
