@@ -136,6 +136,10 @@ class Plugin:
 
     def __init__(self, **params: Any) -> None:
         self.params = resolve_params(f"{self.kind} {self.name!r}", self.defaults, params)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameter values (raise :class:`UsageError`): bad values fail at creation, not mid-run."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -185,8 +189,8 @@ class Defense(Plugin):
     kind: ClassVar[str] = "defense"
     gradients: ClassVar[str] = "exact"
 
-    def transform(self) -> nn.Module:
-        """An ``nn.Module`` mapping ``(B, C, H, W)`` images in bounds to images in bounds."""
+    def transform(self, model: ImageClassifier) -> nn.Module:
+        """An ``nn.Module`` mapping ``(B, C, H, W)`` images within ``model.bounds`` to images within them."""
         raise NotImplementedError
 
     def apply(self, model: ImageClassifier) -> DefendedClassifier:
@@ -207,7 +211,7 @@ class DefendedClassifier(ImageClassifier):
 
     def __init__(self, model: ImageClassifier, defense: Defense) -> None:
         super().__init__(
-            _Pipeline(defense.transform(), model),
+            _Pipeline(defense.transform(model), model),
             bounds=model.bounds,
             labels=model.labels,
             input_shape=model.input_shape,
@@ -216,6 +220,7 @@ class DefendedClassifier(ImageClassifier):
             device=model.device,
         )
         self.bare, self.defense = model, defense
+        self.train(model.training)  # follow the bare model's mode (foolbox warns about training mode)
 
     @property
     def gradients(self) -> str:

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_model(source: str | nn.Module | ImageClassifier, **options: Any) -> ImageClassifier:
     """Resolve ``source`` (see module docstring) into an :class:`ImageClassifier`."""
+    if isinstance(source, ImageClassifier):
+        unknown = sorted(set(options) - set(ADAPTER_OPTIONS))
+        if unknown:
+            raise UsageError(f"unknown model options {unknown}; adapter options are {', '.join(ADAPTER_OPTIONS)}")
+        return _apply_options(source, options)
     if isinstance(source, nn.Module):
         return as_classifier(source, **options)
     name, params = parse_spec(source)
@@ -73,6 +79,9 @@ def load_model(source: str | nn.Module | ImageClassifier, **options: Any) -> Ima
         return _apply_options(as_classifier(model, name=name), adapter)
     if name.startswith(("torchvision:", "timm:")):
         hub, _, arch = name.partition(":")
+        unknown = sorted(set(options) - {"pretrained"})
+        if unknown:
+            raise UsageError(f"unknown options for model {name!r}: {', '.join(unknown)} (known: pretrained, {', '.join(ADAPTER_OPTIONS)})")
         model = (_torchvision_model if hub == "torchvision" else _timm_model)(arch, **options)
         return _apply_options(model, adapter)
     if _IMPORT_PATH.match(name) and not Path(name).exists():
@@ -133,7 +142,7 @@ def _import_object(path: str) -> Any:
 
 def _load_file(path: Path) -> ImageClassifier:
     if not path.is_file():
-        raise InputError(f"model file {str(path)!r} does not exist")
+        raise InputError(f"model file {str(path)!r} {'is not a file' if path.exists() else 'does not exist'}")
     if path.suffix.lower() == ".onnx":
         from robustcheck.onnx_import import load_onnx, onnx_input_shape
 
@@ -143,7 +152,9 @@ def _load_file(path: Path) -> ImageClassifier:
         input_shape = shape[1:] if shape is not None and len(shape) == 4 and None not in shape[1:] else None
         return ImageClassifier(module.eval(), input_shape=input_shape, name=path.name)
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; -W error must not break loading
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         if _is_state_dict(path):
             raise InputError(
@@ -179,7 +190,10 @@ def _torchvision_model(arch: str, *, pretrained: bool = True) -> ImageClassifier
         raise InputError(f"torchvision has no model {arch!r}: {exc}") from exc
     labels = None
     if pretrained:
-        weights = models.get_model_weights(arch).DEFAULT
+        try:
+            weights = models.get_model_weights(arch).DEFAULT
+        except Exception as exc:
+            raise InputError(f"torchvision has no pretrained weights for {arch!r} ({exc}); pass pretrained=false") from exc
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         cached = _cached_file(weights.url, cache)
         if cached is None:
@@ -187,7 +201,10 @@ def _torchvision_model(arch: str, *, pretrained: bool = True) -> ImageClassifier
                 f"no cached weights for torchvision:{arch} in {cache} (expected {os.path.basename(weights.url)}); "
                 "robustcheck never downloads: place the file there, or pass pretrained=false"
             )
-        module.load_state_dict(load_state_dict(cached))
+        try:
+            module.load_state_dict(load_state_dict(cached))
+        except RuntimeError as exc:  # keys or shapes do not match the architecture
+            raise InputError(f"cached weights {str(cached)!r} do not fit torchvision:{arch}: {exc}") from exc
         labels = list(weights.meta.get("categories") or []) or None
     return ImageClassifier(module.eval(), mean=IMAGENET_MEAN, std=IMAGENET_STD, labels=labels, name=f"torchvision:{arch}")
 
@@ -204,8 +221,10 @@ def _timm_model(arch: str, *, pretrained: bool = True) -> ImageClassifier:
         repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
         cached = None
         if repo:
-            from huggingface_hub import try_to_load_from_cache
-
+            try:
+                from huggingface_hub import try_to_load_from_cache
+            except ImportError as exc:
+                raise InputError(f"'timm:{arch}' needs huggingface_hub to find cached weights ({exc})") from exc
             for filename in ("model.safetensors", "pytorch_model.bin"):
                 found = try_to_load_from_cache(repo, filename)
                 if isinstance(found, str):

@@ -45,6 +45,8 @@ class Normalize(nn.Module):
         super().__init__()
         if any(s <= 0 for s in std):
             raise InputError(f"std must be positive, got {list(std)}")
+        if len(mean) != len(std):
+            raise InputError(f"mean and std need one value per channel each, got {list(mean)} and {list(std)}")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -85,6 +87,8 @@ class ImageClassifier(nn.Module):
             raise InputError(f"bounds must be finite with low < high, got {bounds}")
         self.module = module
         self.bounds = (low, high)
+        if (mean is None) != (std is None):
+            raise InputError(f"give mean and std together (got mean={mean}, std={std})")
         self.normalize = Normalize(mean, std) if mean is not None and std is not None else None
         self.labels = list(labels) if labels is not None else None
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
@@ -95,14 +99,16 @@ class ImageClassifier(nn.Module):
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.to(self.device)
+        if not module.training:  # a module handed over in eval mode: the wrapper (and Normalize) too
+            for own in (self, self.normalize):
+                if own is not None:
+                    own.training = False
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` for images ``x`` of shape ``(B, C, H, W)`` in ``bounds`` (not validated)."""
-        if self.normalize is not None:
-            x = self.normalize(x)
         try:
-            output = self.module(x)
+            output = self.module(self.normalize(x) if self.normalize is not None else x)
         except InputError:
             raise
         except Exception as exc:

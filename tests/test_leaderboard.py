@@ -6,7 +6,12 @@ import pandas as pd
 import pytest
 
 from robustcheck.errors import InputError
-from robustcheck.reports.leaderboard import build_leaderboard, render_leaderboard, to_markdown, write_leaderboard
+from robustcheck.reports.leaderboard import (
+    build_leaderboard,
+    render_leaderboard,
+    to_markdown,
+    write_leaderboard,
+)
 from robustcheck.resultsdb import SCHEMA_VERSION, ResultsDB, runs_frame
 
 EVIL = "<script>alert(1)</script>"

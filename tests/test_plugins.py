@@ -57,7 +57,7 @@ class AlwaysRobust(Probe):
 class PassThrough(Defense):
     """Passes images through unchanged (plugin test)."""
 
-    def transform(self):
+    def transform(self, model):
         return nn.Identity()
 '''
 

@@ -2,7 +2,10 @@
 
 Every attack is run at each epsilon in ``epsilons`` (minimisation attacks run once and foolbox
 clips their result to each epsilon). Success is *re-checked* by running the target model on the
-clipped adversarials: foolbox's own flags are only reported (``foolbox_disagreements``).
+clipped adversarials: foolbox's own flags are only reported (``foolbox_disagreements``). An
+adversarial found within a smaller epsilon also lies within every larger one, so a sample counts
+as robust at ``eps`` only if no attack at any epsilon up to ``eps`` fooled it: the robust-accuracy
+curve never increases.
 
 With a defense applied, ``adaptive=True`` (default) attacks the defended model end to end;
 ``adaptive=False`` crafts on the bare model and feeds the result through the defense.
@@ -15,6 +18,8 @@ Metrics: ``clean_accuracy``; ``robust_accuracy`` (epsilon as a string -> accurac
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,8 +56,8 @@ class FoolboxAttack(Probe):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         eps = self.params["epsilons"]
-        if not eps or any(e < 0 for e in eps):
-            raise UsageError(f"probe {self.name!r}: epsilons must be a non-empty list of non-negative numbers, got {eps}")
+        if not eps or not all(0 <= e < math.inf for e in eps):  # also rejects NaN and inf
+            raise UsageError(f"probe {self.name!r}: epsilons must be a non-empty list of finite non-negative numbers, got {eps}")
         self.params["epsilons"] = sorted(float(e) for e in eps)
 
     def make_attack(self, fb: Any) -> Any:
@@ -74,9 +79,9 @@ class FoolboxAttack(Probe):
             x = data.x[start : start + context.batch_size]
             y = data.y[start : start + context.batch_size]
             clipped, fb_success = self._attack(surrogate, x, y)
-            robust, batch_rows = self._evaluate(model, x, y, clipped, start)
+            robust, held, batch_rows = self._evaluate(model, x, y, clipped, start)
             if surrogate is model:  # foolbox judged success on the same model: count where it disagrees
-                disagreements += int((fb_success.numpy() == robust).sum())
+                disagreements += int((fb_success.numpy() == held).sum())
             robust_parts.append(robust)
             clipped_parts.append(clipped)
             rows.extend(batch_rows)
@@ -109,29 +114,44 @@ class FoolboxAttack(Probe):
         """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success flags."""
         fb = import_foolbox()
         x, y = x.to(surrogate.device), y.to(surrogate.device)
+        low, high = surrogate.bounds
+        if x.numel() and (x.min() < low or x.max() > high):  # foolbox would fail a bare assert
+            raise InputError(
+                f"probe {self.name!r}: input values lie in [{x.min().item():.4g}, {x.max().item():.4g}], "
+                f"outside the bounds [{low:g}, {high:g}] of model {surrogate.name!r}"
+            )
         with surrogate.eval_mode(), surrogate.frozen():
             fmodel = fb.PyTorchModel(surrogate, bounds=surrogate.bounds, device=surrogate.device)
             try:
-                _, clipped, success = self.make_attack(fb)(fmodel, x, fb.criteria.Misclassification(y), epsilons=self.params["epsilons"])
+                clipped, success = self._run_attack(fb, fmodel, x, y)
             except AssertionError as exc:  # foolbox asserts on inputs outside bounds, with no message
-                low, high = surrogate.bounds
                 raise InputError(
                     f"foolbox rejected the inputs of probe {self.name!r}: values in [{x.min().item():.4g}, "
                     f"{x.max().item():.4g}] must lie within the model bounds [{low:g}, {high:g}] ({exc or 'assertion failed'})"
                 ) from exc
         return torch.stack([c.detach().cpu() for c in clipped]), torch.stack([s.cpu() for s in success])
 
+    def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        """One foolbox call: per-epsilon clipped adversarials and success flags."""
+        _, clipped, success = self.make_attack(fb)(fmodel, x, fb.criteria.Misclassification(y), epsilons=self.params["epsilons"])
+        return clipped, success
+
     def _evaluate(
         self, model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, clipped: torch.Tensor, offset: int
-    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Re-run ``model`` on clean and adversarial images; return robust flags ``(num_eps, B)`` and rows."""
+    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Re-run ``model`` on clean and adversarial images.
+
+        Returns robust flags ``(num_eps, B)`` (correct and not fooled at this or any smaller epsilon),
+        the per-epsilon flags (correct and the adversarial of this epsilon not fooling) and rows.
+        """
         epsilons = self.params["epsilons"]
         clean_prob = model.predict(x).softmax(1)
         clean_conf, clean_pred = clean_prob.max(1)
         correct = clean_pred == y
         adv_prob = model.predict(clipped.flatten(0, 1)).softmax(1).view(len(epsilons), len(x), -1)
         adv_conf, adv_pred = adv_prob.max(2)
-        robust = (correct.unsqueeze(0) & (adv_pred == y.unsqueeze(0))).numpy()
+        held = (correct.unsqueeze(0) & (adv_pred == y.unsqueeze(0))).numpy()
+        robust = np.logical_and.accumulate(held, axis=0)
         p = 2 if self.norm == "l2" else float("inf")
         rows = []
         for i in range(len(x)):
@@ -151,7 +171,7 @@ class FoolboxAttack(Probe):
                     "perturbation": float((clipped[first, i] - x[i]).flatten().norm(p=p)),
                 }
             )
-        return robust, rows
+        return robust, held, rows
 
     def _examples(
         self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor, epsilons: list[float]
@@ -253,3 +273,29 @@ class Boundary(FoolboxAttack):
 
     def make_attack(self, fb: Any) -> Any:
         return fb.attacks.BoundaryAttack(steps=self.params["steps"])
+
+    def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        """foolbox's BoundaryAttack raises ValueError for the whole batch when its random-noise
+        initialisation finds no adversarial start for some sample (and warns first). Run that same
+        initialisation here and attack only the samples it found a start for; the others count as
+        not fooled (their adversarial is the clean image)."""
+        epsilons = self.params["epsilons"]
+        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)  # foolbox's default init_attack
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*failed to draw sufficient random inputs", category=UserWarning)
+            starts = init.run(fmodel, x, fb.criteria.Misclassification(y))
+        with torch.no_grad():
+            found = fmodel(starts).argmax(1) != y
+        attack = self.make_attack(fb)
+        if bool(found.all()):
+            _, clipped, success = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=epsilons, starting_points=starts)
+            return clipped, success
+        clipped = [x.clone() for _ in epsilons]
+        success = [torch.zeros(len(x), dtype=torch.bool, device=x.device) for _ in epsilons]
+        if bool(found.any()):
+            _, part, part_success = attack(
+                fmodel, x[found], fb.criteria.Misclassification(y[found]), epsilons=epsilons, starting_points=starts[found]
+            )
+            for k in range(len(epsilons)):
+                clipped[k][found], success[k][found] = part[k], part_success[k]
+        return clipped, success

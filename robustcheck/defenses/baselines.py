@@ -12,6 +12,7 @@ from torch import nn
 
 from robustcheck.api import Defense
 from robustcheck.errors import UsageError
+from robustcheck.models import ImageClassifier
 from robustcheck.registry import register
 
 
@@ -24,14 +25,18 @@ def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 class Quantize(nn.Module):
-    """:func:`quantize` as a module; ``(B, C, H, W)`` in ``[0, 1]``."""
+    """:func:`quantize` as a module; ``(B, C, H, W)`` in ``bounds`` (the levels span ``bounds``)."""
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
         super().__init__()
         self.bits = bits
+        self.bounds = (float(bounds[0]), float(bounds[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return quantize(x, self.bits)
+        low, high = self.bounds
+        if (low, high) == (0.0, 1.0):
+            return quantize(x, self.bits)
+        return low + quantize((x - low) / (high - low), self.bits) * (high - low)
 
 
 class MedianBlur(nn.Module):
@@ -53,11 +58,13 @@ class BitDepthReduction(Defense):
     gradients = "approximate"
     in_default_audit = True
 
-    def transform(self) -> nn.Module:
+    def validate(self) -> None:
         bits = self.params["bits"]
         if not 1 <= bits <= 16:
             raise UsageError(f"defense 'bit-depth': bits must be in 1..16, got {bits}")
-        return Quantize(bits)
+
+    def transform(self, model: ImageClassifier) -> nn.Module:
+        return Quantize(self.params["bits"], model.bounds)  # 2**bits levels over the model's range
 
 
 @register("defense", "median-filter")
@@ -68,8 +75,10 @@ class MedianFilter(Defense):
     gradients = "exact"
     in_default_audit = True
 
-    def transform(self) -> nn.Module:
+    def validate(self) -> None:
         size = self.params["size"]
         if size < 1 or size % 2 == 0:
             raise UsageError(f"defense 'median-filter': size must be a positive odd number, got {size}")
-        return MedianBlur(size)
+
+    def transform(self, model: ImageClassifier) -> nn.Module:
+        return MedianBlur(self.params["size"])

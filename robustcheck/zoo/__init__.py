@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from robustcheck.data import DIGIT_CLASSES
+from robustcheck.errors import InputError
 from robustcheck.models import ImageClassifier
 
 WEIGHTS_DIR = Path(__file__).parent
@@ -77,7 +78,11 @@ def load_zoo_model(name: str, weights: str | Path | None = None) -> ImageClassif
 
     spec = ZOO[name]
     module = spec.build()
-    module.load_state_dict(load_state_dict(weights or spec.weights_path))
+    path = weights or spec.weights_path
+    try:
+        module.load_state_dict(load_state_dict(path))
+    except RuntimeError as exc:  # missing / unexpected keys or wrong shapes
+        raise InputError(f"weights {str(path)!r} do not fit model {name!r}: {exc}") from exc
     return spec.wrap(module.eval())
 
 

@@ -26,9 +26,17 @@ def train(name: str, out_dir: Path | None = None, *, verbose: bool = True) -> tu
 
     Same seed, same thread count and same torch build give bit-identical weights.
     """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(name, out_dir, verbose=verbose)
+    finally:  # a process-wide switch: do not leave it on for the caller
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train(name: str, out_dir: Path | None, *, verbose: bool) -> tuple[Path, float]:
     spec = ZOO[name]
     seed_everything(TRAIN_SEED)
-    torch.use_deterministic_algorithms(True)
     train_set = load_data(spec.data, split="train")
     test_set = load_data(spec.data, split="test")
     module = spec.build()

@@ -1,0 +1,165 @@
+"""robustcheck.defenses.baselines: bit-depth reduction and median filter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcheck.api import DefendedClassifier
+from robustcheck.defenses.baselines import BitDepthReduction, MedianFilter, quantize
+from robustcheck.errors import UnknownPluginError, UsageError
+from robustcheck.loading import create_defense
+from robustcheck.models import ImageClassifier
+
+
+def _images(n: int = 4, c: int = 3, h: int = 7, w: int = 6, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _model(c: int = 3, h: int = 7, w: int = 6) -> ImageClassifier:
+    torch.manual_seed(0)
+    return ImageClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 5)), input_shape=(c, h, w), name="lin"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# bit depth
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_bit_depth_quantises_to_2_pow_bits_levels(bits: int) -> None:
+    x = torch.cat([torch.linspace(0, 1, 1001), torch.tensor([0.0, 1.0])]).view(1, 1, 1, -1)
+    q = create_defense(f"bit-depth:bits={bits}").transform(_model(1, 1, 1))(x)
+    levels = 2**bits - 1
+    values = torch.unique(q)
+    assert len(values) == 2**bits
+    torch.testing.assert_close(values, torch.arange(levels + 1, dtype=torch.float32) / levels)
+    assert q.min() >= 0.0 and q.max() <= 1.0
+    # each value is rounded to its nearest level
+    assert (q - x).abs().max() <= 0.5 / levels + 1e-6
+
+
+def test_bit_depth_gradients_are_straight_through() -> None:
+    x = _images().requires_grad_(True)
+    weights = torch.randn_like(x)
+    (quantize(x, 3) * weights).sum().backward()
+    x_id = x.detach().clone().requires_grad_(True)
+    (x_id * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_id.grad)
+    # through a defended classifier: the same input gradient as the bare model at the quantised point
+    model = _model()
+    defended = create_defense("bit-depth:bits=2").apply(model)
+    assert defended.gradients == "approximate"
+    xd = _images().requires_grad_(True)
+    defended(xd)[:, 1].sum().backward()
+    xq = quantize(_images(), 2).requires_grad_(True)
+    model(xq)[:, 1].sum().backward()
+    torch.testing.assert_close(xd.grad, xq.grad)
+
+
+def test_defended_classifier_keeps_the_model_metadata() -> None:
+    model = _model()
+    defended = create_defense("bit-depth", bits=4).apply(model)
+    assert isinstance(defended, DefendedClassifier) and defended.bare is model
+    assert defended.name == "lin+bit-depth" and defended.bounds == model.bounds
+    assert defended.input_shape == model.input_shape and not defended.is_relu_network()
+    x = _images()
+    torch.testing.assert_close(defended(x), model(quantize(x, 4)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# median filter
+# ---------------------------------------------------------------------------------------------------
+def _direct_median(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Median over each ``size`` x ``size`` window, borders reflected (kornia's default), one pixel at a time."""
+    pad = size // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
+    out = torch.empty_like(x)
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            window = padded[:, :, i : i + size, j : j + size].flatten(2)
+            out[:, :, i, j] = window.median(dim=2).values
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+def test_median_filter_matches_a_direct_median(size: int, grad: bool) -> None:
+    x = _images(n=2, c=3, h=7, w=6, seed=size)
+    transform = create_defense("median-filter", size=size).transform(_model(1, 1, 1))
+    got = transform(x.clone().requires_grad_(grad))
+    torch.testing.assert_close(got.detach(), _direct_median(x, size), rtol=0, atol=0)
+    assert got.min() >= 0.0 and got.max() <= 1.0
+
+
+def test_median_filter_removes_salt_noise_and_has_gradients() -> None:
+    x = torch.full((1, 1, 5, 5), 0.25)
+    x[0, 0, 2, 2] = 1.0  # one bright pixel
+    out = MedianFilter().transform(_model(1, 1, 1))(x)
+    assert torch.equal(out, torch.full_like(x, 0.25))
+    model = _model(1, 5, 5)
+    defended = MedianFilter(size=3).apply(model)
+    assert defended.gradients == "exact"
+    xg = _images(1, 1, 5, 5).requires_grad_(True)
+    defended(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameters and bounds
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("spec", "params", "match"),
+    [
+        ("bit-depth", {"bits": 0}, r"bits must be in 1\.\.16, got 0"),
+        ("bit-depth", {"bits": 17}, r"bits must be in 1\.\.16"),
+        ("bit-depth", {"bits": 2.5}, "'bits' must be int"),
+        ("bit-depth", {"levels": 4}, "has no parameter 'levels'"),
+        ("bit-depth:bits=0", {}, "bits must be in"),
+        ("median-filter", {"size": 4}, "size must be a positive odd number, got 4"),
+        ("median-filter", {"size": 0}, "size must be a positive odd number"),
+        ("median-filter", {"size": -3}, "size must be a positive odd number"),
+        ("median-filter", {"window": 3}, r"has no parameter 'window'"),
+    ],
+)
+def test_bad_parameters_raise_usage_error(spec: str, params: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        create_defense(spec, **params)
+
+
+def test_bit_depth_levels_span_the_model_bounds() -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), bounds=(0, 255), name="bytes")
+    defended = create_defense("bit-depth:bits=2").apply(model)
+    x = torch.tensor([0.0, 40.0, 100.0, 255.0]).view(1, 1, 2, 2)
+    squeezed = defended.module.transform(x)
+    torch.testing.assert_close(squeezed, torch.tensor([0.0, 0.0, 85.0, 255.0]).view(1, 1, 2, 2))
+    torch.testing.assert_close(defended(x), model(squeezed))
+    # the same defense object still quantises [0, 1] models in [0, 1]
+    defense = create_defense("bit-depth:bits=2")
+    assert defense.apply(model).module.transform.bounds == (0.0, 255.0)
+    assert defense.apply(_model()).module.transform.bounds == (0.0, 1.0)
+    assert create_defense("median-filter").apply(model).bounds == (0.0, 255.0)
+
+
+def test_unknown_defense() -> None:
+    with pytest.raises(UnknownPluginError):
+        create_defense("jpeg-squeeze-9000")
+
+
+@pytest.mark.parametrize(
+    "spec", ["bit-depth:bits=1", "bit-depth:bits=5", "median-filter:size=3", "median-filter:size=5"]
+)
+def test_outputs_stay_in_the_unit_interval(spec: str) -> None:
+    x = torch.cat([_images(8, seed=3), torch.zeros(1, 3, 7, 6), torch.ones(1, 3, 7, 6)])
+    x[0, 0, 0, 0], x[1, 1, 1, 1] = 0.9999999, 1e-7
+    out = create_defense(spec).transform(_model(1, 1, 1))(x)
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_registry_classes() -> None:
+    assert isinstance(create_defense("bit-depth"), BitDepthReduction)
+    assert create_defense("bit-depth").params == {"bits": 4}
+    assert create_defense("median-filter").params == {"size": 3}
