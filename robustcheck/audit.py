@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from robustcheck import registry
-from robustcheck.errors import InputError, RequirementError, UsageError, suggest
+from robustcheck.errors import InputError, RequirementError, UnknownPluginError, UsageError, suggest
 from robustcheck.params import parse_spec
 
 DEFAULT_MODEL = "digits-cnn"
@@ -227,7 +227,7 @@ def _check_name(kind: str, spec: str, where: str) -> str:
     name, _ = parse_spec(spec)
     known = registry.names(kind) + (registry.names("verifier") if kind == "probe" else [])
     if name not in known:
-        raise registry.UnknownPluginError(kind, name, known)
+        raise UnknownPluginError(kind, name, known)
     return spec if kind == "defense" else name
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from robustcheck import registry
-from robustcheck.errors import InputError, UsageError
+from robustcheck.errors import InputError, UnknownPluginError, UsageError
 from robustcheck.params import parse_spec
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -170,6 +170,6 @@ def load_data(spec: str | ImageDataset, **params: Any) -> ImageDataset:
 
     if name.startswith("torchvision:"):
         return data_formats.torchvision_dataset(name.split(":", 1)[1], **params)
-    if Path(name).exists() or any(ch in name for ch in "/\\.") :
+    if Path(name).exists() or any(ch in name for ch in "/\\."):  # a path, even a missing one: say so
         return data_formats.load_path(Path(name), **params)
-    raise registry.UnknownPluginError("data source", name, registry.names("data"))
+    raise UnknownPluginError("data source", name, registry.names("data"))
