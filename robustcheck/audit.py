@@ -141,6 +141,7 @@ class AuditPlan:
                             seed=self.seed,
                             budget_s=self.budget,
                             batch_size=self.batch_size,
+                            model_options=choice.options,
                         )
                     )
         return specs

@@ -53,6 +53,8 @@ class RunSpec:
         samples: number of leading samples of the data to use (``None``: all).
         seed: seed for everything random in this run.
         budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
+        model_options: adapter options the model was loaded with (bounds, mean, std, labels, ...);
+            part of ``run_id``, so resuming after changing them recomputes the runs.
     """
 
     model: str
@@ -64,11 +66,14 @@ class RunSpec:
     seed: int = 0
     budget_s: float | None = None
     batch_size: int = 64
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What determines the result (everything but the time budget)."""
         out = dataclasses.asdict(self)
         out.pop("budget_s")
+        if not out["model_options"]:  # keeps the run ids of specs without options as they were
+            out.pop("model_options")
         return out
 
     @property

@@ -197,3 +197,13 @@ def test_metrics_that_cannot_be_saved_fail_that_run_only(tmp_path: Path) -> None
         assert len(json.loads((tmp_path / "o" / "results.json").read_text())["runs"]) == 2
     finally:
         registry.unregister("probe", "tensor-metrics")
+
+
+def test_model_options_are_part_of_the_run_id() -> None:
+    from robustcheck.runner import RunSpec
+
+    bare = RunSpec(model="m", probe="fgsm")
+    assert bare.run_id == RunSpec(model="m", probe="fgsm", model_options={}).run_id
+    with_bounds = RunSpec(model="m", probe="fgsm", model_options={"bounds": [0, 1]})
+    assert with_bounds.run_id != bare.run_id
+    assert with_bounds.run_id != RunSpec(model="m", probe="fgsm", model_options={"bounds": [0, 2]}).run_id
