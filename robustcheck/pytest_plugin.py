@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from robustcheck.jsonutil import json_default
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -488,7 +490,7 @@ class RobustCheck:
             results = self.results()
             if settings.json_path is not None:
                 settings.json_path.parent.mkdir(parents=True, exist_ok=True)
-                settings.json_path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n", encoding="utf-8")
+                settings.json_path.write_text(json.dumps(results, indent=2, default=json_default) + "\n", encoding="utf-8")
                 self._written.append(f"results: {settings.json_path}")
             if settings.report is not None:
                 from robustcheck.reports.html import write_report
@@ -722,14 +724,6 @@ def _is_object(data: Any) -> bool:
 
 def _count(scores: Mapping[str, Mapping[str, float]]) -> int:
     return sum(len(entry) for entry in scores.values())
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 _STATE = pytest.StashKey["RobustCheck"]()

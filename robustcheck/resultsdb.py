@@ -8,10 +8,11 @@ and what produced it (robustcheck and library versions, date). The schema is ver
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,26 @@ COLUMNS = (
 )  # fmt: skip
 
 
+@contextlib.contextmanager
+def wal_connection(path: Path, *, timeout: float, autocommit: bool = False) -> Iterator[sqlite3.Connection]:
+    """A WAL-mode connection (concurrent readers and writers) that is closed at the end of the block.
+
+    Without ``autocommit`` the block is one transaction, committed or rolled back at its end;
+    with it, the caller issues ``BEGIN``/``COMMIT`` itself. (``with sqlite3.connect(...)`` alone
+    commits but leaves the connection open.)
+    """
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None if autocommit else "DEFERRED")
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        if autocommit:
+            yield db
+        else:
+            with db:
+                yield db
+    finally:
+        db.close()
+
+
 def weights_hash(module: Any) -> str:
     """SHA-256 (16 hex digits) over a module's parameter and buffer names, shapes and bytes."""
     digest = hashlib.sha256()
@@ -75,10 +96,8 @@ class ResultsDB:
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot use results database {str(self.path)!r}: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return wal_connection(self.path, timeout=60.0, autocommit=True)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")  # one writer migrates; others wait, then see the new version

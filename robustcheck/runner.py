@@ -29,6 +29,7 @@ import robustcheck
 from robustcheck.api import Artifact, ProbeResult, RunContext
 from robustcheck.data import ImageDataset, load_data
 from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError
+from robustcheck.jsonutil import json_default
 from robustcheck.models import ImageClassifier
 
 DEFAULT_SAMPLES = 100
@@ -218,7 +219,7 @@ class Runner:
         start = time.perf_counter()
         try:
             result = probe.run(target, data, context)
-            json.dumps(result.metrics, default=_json_default)  # metrics a probe cannot save fail this run only
+            json.dumps(result.metrics, default=json_default)  # metrics a probe cannot save fail this run only
         except ProbeTimeout as exc:
             result = ProbeResult(None, status="timeout", message=f"{exc} after {spec.budget_s} s")
         except RobustCheckError as exc:
@@ -297,7 +298,7 @@ class Runner:
         if self.out_dir is None:
             return results
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=json_default) + "\n")
         records_table(outcomes).to_csv(self.out_dir / "records.csv", index=False)
         artifacts: dict[str, list[Artifact]] = {o.spec.run_id: o.result.artifacts for o in outcomes}
         report = write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
@@ -334,11 +335,3 @@ def _escape_markup(text: str) -> str:
     return escape(text)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):  # np.float32, np.int64, np.bool_, ...
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

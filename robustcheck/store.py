@@ -12,15 +12,15 @@ import contextlib
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from robustcheck.api import Artifact
 from robustcheck.errors import InputError
+from robustcheck.jsonutil import json_default
+from robustcheck.resultsdb import wal_connection
 
 SCHEMA_VERSION = 1
 
@@ -38,12 +38,11 @@ CREATE TABLE IF NOT EXISTS runs (
 
 
 def _json_default(value: Any) -> Any:
-    """numpy scalars and arrays (in metrics or record cells) as plain JSON values; anything else as text."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    """Like :func:`json_default`, but anything else is kept as text (a stored run must not be lost)."""
+    try:
+        return json_default(value)
+    except TypeError:
+        return str(value)
 
 
 def _records_to_json(records: pd.DataFrame) -> str:
@@ -100,19 +99,9 @@ class RunStore:
         except sqlite3.DatabaseError as exc:
             raise InputError(f"cannot use run store {str(self.path)!r}: {exc}") from exc
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection that commits (or rolls back) and is closed at the end of the block.
-
-        (``with sqlite3.connect(...)`` alone commits but leaves the connection open.)
-        """
-        db = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                yield db
-        finally:
-            db.close()
+    def _connect(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One transaction on a connection closed at the end of the block."""
+        return wal_connection(self.path, timeout=30.0)
 
     def save(self, run_id: str, spec: dict[str, Any], result: dict[str, Any], records: pd.DataFrame, artifacts: list[Artifact]) -> None:
         """Insert or replace one finished run, committed before returning."""
