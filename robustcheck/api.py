@@ -47,6 +47,36 @@ class Artifact:
         return [img if isinstance(img, bytes) else to_png(img) for img in self.images]
 
 
+@dataclass
+class Table:
+    """A small table shown in the probe's report section and saved in ``results.json``.
+
+    ``frame`` holds JSON-friendly cells (numbers, strings, booleans, ``None``); ``note`` says how to read it.
+    """
+
+    title: str
+    frame: pd.DataFrame
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        cells = self.frame.astype(object).where(self.frame.notna(), None)
+        return {
+            "title": self.title,
+            "note": self.note,
+            "columns": [str(c) for c in self.frame.columns],
+            "rows": [[_plain(v) for v in row] for row in cells.values.tolist()],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Table:
+        return cls(str(doc["title"]), pd.DataFrame(doc["rows"], columns=doc["columns"]), str(doc.get("note", "")))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers (JSON cannot hold numpy types)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def to_png(image: np.ndarray | torch.Tensor) -> bytes:
     """Encode a ``(C, H, W)`` (or ``(H, W)``) image in ``[0, 1]`` as PNG bytes."""
     from PIL import Image
@@ -70,6 +100,7 @@ class ProbeResult:
             ``robust_accuracy`` per epsilon) is drawn as a curve in reports.
         records: one row per sample (index, label, prediction, ... probe-specific columns).
         artifacts: example images for the report.
+        tables: small tables for the report (e.g. a comparison with a baseline).
         status: ``ok``, ``timeout`` (budget spent; metrics cover what finished) or ``error``.
         message: the error or timeout explanation.
     """
@@ -78,6 +109,7 @@ class ProbeResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     records: pd.DataFrame = field(default_factory=pd.DataFrame)
     artifacts: list[Artifact] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
     status: str = "ok"
     message: str = ""
     seed: int = 0

@@ -117,22 +117,23 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from robustcheck.errors import UsageError
-    from robustcheck.zoo import ZOO
+    import importlib
+
+    from robustcheck.errors import UnknownPluginError, UsageError
+    from robustcheck.zoo import TRAINERS
 
     if args.zoo_command != "train":
         parser.parse_args(["zoo", "--help"])
-    from robustcheck.zoo.train import train
-
-    for name in args.names or list(ZOO):
-        if name not in ZOO:
-            from robustcheck.errors import UnknownPluginError
-
-            raise UnknownPluginError("zoo model", name, ZOO)
-        path, accuracy = train(name, Path(args.out) if args.out else None)
-        print(f"{name}: test accuracy {accuracy:.4f}, weights written to {path}")
-        if accuracy < 0.95:
-            raise UsageError(f"{name} reached only {accuracy:.4f} test accuracy (< 0.95)")
+    for name in args.names or list(TRAINERS):
+        if name not in TRAINERS:
+            raise UnknownPluginError("zoo model", name, TRAINERS)
+        trainer = TRAINERS[name]
+        module, _, function = trainer.function.partition(":")
+        train = getattr(importlib.import_module(module), function)
+        path, quality = train(name, Path(args.out) if args.out else None)
+        print(f"{name}: {trainer.metric} {quality:.4f}, weights written to {path}")
+        if trainer.minimum is not None and quality < trainer.minimum:
+            raise UsageError(f"{name} reached only {quality:.4f} {trainer.metric} (< {trainer.minimum})")
     return EXIT_OK
 
 

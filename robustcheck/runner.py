@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 import robustcheck
-from robustcheck.api import Artifact, ProbeResult, RunContext
+from robustcheck.api import Artifact, ProbeResult, RunContext, Table
 from robustcheck.data import ImageDataset, load_data
 from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError
 from robustcheck.jsonutil import json_default
@@ -110,6 +110,7 @@ class RunOutcome:
             "samples": int(len(r.records)) if len(r.records) else self.spec.samples,
             "score": r.score,
             "metrics": r.metrics,
+            "tables": [t.to_json() for t in r.tables],
             "status": r.status,
             "message": r.message,
             "seconds": round(r.seconds, 3),
@@ -268,7 +269,11 @@ class Runner:
         row, records, artifacts = found
         if row["status"] == "error":  # errors are retried on resume; ok and timeout runs are final
             return None
-        result = ProbeResult(row["score"], row["metrics"], records, artifacts, row["status"], row["message"], row["seed"], row["seconds"])
+        tables = [Table.from_json(t) for t in row.get("tables", [])]
+        result = ProbeResult(
+            row["score"], row["metrics"], records, artifacts, tables,
+            status=row["status"], message=row["message"], seed=row["seed"], seconds=row["seconds"],
+        )  # fmt: skip
         return RunOutcome(spec, result, row["data"], row.get("score_doc", ""), resumed=True)
 
     def _save(self, outcome: RunOutcome) -> None:

@@ -388,3 +388,53 @@ def test_nice_ticks() -> None:
     assert nice_ticks(0, 0.05) == pytest.approx([0, 0.01, 0.02, 0.03, 0.04, 0.05])
     assert nice_ticks(3, 3) == [3]
     assert nice_ticks(float("nan"), 1) == []
+
+
+# --------------------------------------------------------------------------- probe tables, defense evaluation
+
+
+def test_probe_tables_rendered_and_escaped(results: dict) -> None:
+    import pandas as pd
+
+    from robustcheck.api import Table
+
+    table = Table(f"transfer {XSS}", pd.DataFrame({"class": [XSS, "one"], "confidence": [np.float32(0.5), None]}), note="a note")
+    doc = table.to_json()
+    assert doc["rows"] == [[XSS, 0.5], ["one", None]]  # numpy scalars become plain JSON numbers
+    assert Table.from_json(doc).to_json() == doc  # round trip (how a resumed run gets its tables back)
+    results["runs"][0]["tables"] = [doc]
+    html = render_report(results)
+    assert XSS not in html and "transfer &lt;script&gt;" in html
+    assert "<th scope=\"col\">confidence</th>" in html and "a note" in html and "<td>0.5</td>" in html
+
+
+def _defended(run_id: str, defense: str | None, adaptive: bool | None, robust: dict) -> dict:
+    run = _run(run_id, "net", defense, "pgd-linf", 0.5, robust=robust)
+    run["metrics"]["adaptive"] = adaptive
+    if adaptive is not None:
+        run["params"] = {**run["params"], "adaptive": adaptive}
+    return run
+
+
+def _defense_rows(html: str) -> list[list[str]]:
+    section = html.split('id="defense-evaluation"', 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1]
+    return [re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row.replace("<strong>", "").replace("</strong>", "")) for row in body.split("</tr>")[:-1]]
+
+
+def test_defense_evaluation_pairs_adaptive_and_non_adaptive(results: dict) -> None:
+    results["runs"] = [
+        _defended("a", None, None, {"0": 0.9, "0.01": 0.5}),
+        _defended("b", "jpeg", False, {"0": 0.88, "0.01": 0.8}),
+        _defended("c", "jpeg", True, {"0": 0.88, "0.01": 0.1}),
+        _defended("d", "raw", False, {"0": 0.85, "0.01": 0.7}),  # adaptive run missing
+    ]
+    rows = _defense_rows(render_report(results))
+    assert rows == [
+        ["net", "jpeg", "pgd-linf", "0.01", "0.500", "0.970", "0.800", "0.100"],
+        ["net", "raw", "pgd-linf", "0.01", "0.500", "0.970", "0.700", "not run"],
+    ]
+
+
+def test_no_defense_evaluation_without_non_adaptive_runs(results: dict) -> None:
+    assert 'id="defense-evaluation"' not in render_report(results)

@@ -97,6 +97,31 @@ class Figure:
 
 
 @dataclass
+class TableView:
+    """A probe's table (``ProbeResult.tables``) ready to render: every cell already a string."""
+
+    title: str
+    run_label: str
+    note: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class DefenseRow:
+    """One line of the defense evaluation: a (model, defense, attack, epsilon) with both threat models."""
+
+    model: str
+    defense: str
+    probe: str
+    epsilon: str
+    undefended: str
+    clean: str
+    non_adaptive: str
+    adaptive: str
+
+
+@dataclass
 class ProbeSection:
     anchor: str
     name: str
@@ -104,6 +129,7 @@ class ProbeSection:
     metric_names: list[str]
     runs: list[RunRow]
     charts: list[Markup] = field(default_factory=list)
+    tables: list[TableView] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
 
 
@@ -350,6 +376,21 @@ def _figures(runs: Sequence[Mapping[str, Any]], artifacts: Mapping[str, Sequence
     ]
 
 
+def build_tables(runs: Sequence[Mapping[str, Any]]) -> list[TableView]:
+    """The runs' own tables (``run["tables"]`` in results.json), cells formatted for display."""
+    return [
+        TableView(
+            title=str(table.get("title", "")),
+            run_label=_run_label(r),
+            note=str(table.get("note") or ""),
+            columns=[str(c) for c in table.get("columns") or []],
+            rows=[[format_value(v) for v in row] for row in table.get("rows") or []],
+        )
+        for r in runs
+        for table in r.get("tables") or []
+    ]
+
+
 def build_section(
     index: int,
     probe: str,
@@ -367,6 +408,7 @@ def build_section(
         metric_names=[_metric_title(m) for m in metric_names],
         runs=[_run_row(r, metric_names, fail_under) for r in runs],
         charts=build_charts(probe, runs),
+        tables=build_tables(runs),
         figures=_figures(runs, artifacts),
     )
 
@@ -382,6 +424,57 @@ def _orphan_figures(
         if run_id not in known
         for a in items
     ]
+
+
+# --------------------------------------------------------------------------- defense evaluation
+
+
+def _attack_key(run: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """What makes two runs the same attack: model, probe, data and params other than ``adaptive``."""
+    params = {k: v for k, v in (run.get("params") or {}).items() if k != "adaptive"}
+    return str(run.get("model")), str(run.get("probe")), str(run.get("data")), json.dumps(params, sort_keys=True, default=str)
+
+
+def _accuracy_at(run: Mapping[str, Any] | None, eps: str) -> str:
+    if run is None:
+        return "not run"
+    value = ((run.get("metrics") or {}).get("robust_accuracy") or {}).get(eps)
+    return format_score(value) if run.get("status", "ok") == "ok" else f"{format_score(value)} ({run.get('status')})"
+
+
+def build_defense_rows(runs: Sequence[Mapping[str, Any]]) -> list[DefenseRow]:
+    """Robust accuracy of every defended attack run: non-adaptive and adaptive side by side.
+
+    A defended run's ``metrics["adaptive"]`` says whether it attacked through the defense. Rows pair the
+    two threat models of the same (model, defense, attack, params) and add the undefended model's
+    accuracy under the same attack; a missing adaptive run is shown as "not run", so non-adaptive
+    numbers never appear alone.
+    """
+    attacked = [r for r in runs if isinstance((r.get("metrics") or {}).get("robust_accuracy"), Mapping)]
+    bare = {_attack_key(r): r for r in attacked if not r.get("defense")}
+    groups: dict[tuple[Any, ...], dict[bool, Mapping[str, Any]]] = {}
+    for r in attacked:
+        adaptive = (r.get("metrics") or {}).get("adaptive")
+        if r.get("defense") and isinstance(adaptive, bool):
+            groups.setdefault((*_attack_key(r), str(r["defense"])), {})[adaptive] = r
+    rows = []
+    for key, pair in groups.items():
+        if False not in pair:  # adaptive-only runs are already honest; the table is for the comparison
+            continue
+        reference = pair[False]
+        clean = (reference.get("metrics") or {}).get("clean_accuracy")
+        epsilons = sorted(reference["metrics"]["robust_accuracy"], key=float)
+        for eps in epsilons:
+            if float(eps) == 0.0:
+                continue
+            rows.append(
+                DefenseRow(
+                    model=key[0], defense=key[4], probe=key[1], epsilon=eps,
+                    undefended=_accuracy_at(bare.get(key[:4]), eps), clean=format_score(clean),
+                    non_adaptive=_accuracy_at(pair[False], eps), adaptive=_accuracy_at(pair.get(True), eps),
+                )
+            )  # fmt: skip
+    return rows
 
 
 # --------------------------------------------------------------------------- rendering
@@ -429,6 +522,7 @@ def build_context(
         "probes": probes,
         "show_clean": any(_is_number((r.get("metrics") or {}).get("clean_accuracy")) for r in runs),
         "summary": build_summary(runs, probes, fail_under),
+        "defense_rows": build_defense_rows(runs),
         "sections": [
             build_section(i, p, [r for r in runs if str(r.get("probe", "?")) == p], artifacts, fail_under)
             for i, p in enumerate(probes)

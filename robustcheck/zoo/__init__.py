@@ -72,6 +72,28 @@ ZOO: dict[str, ZooSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """How ``robustcheck zoo train NAME`` reproduces one shipped weight file.
+
+    ``function`` is an import path ``"module:function"`` called as ``function(name, out_dir, verbose=...)``
+    and returning ``(weights path, quality)``; ``quality`` (named ``metric``) must reach ``minimum``.
+    """
+
+    function: str
+    metric: str
+    minimum: float | None
+
+
+#: Everything ``robustcheck zoo train`` can retrain: the classifiers above plus non-classifier weights.
+TRAINERS: dict[str, Trainer] = {
+    **{name: Trainer("robustcheck.zoo.train:train", "test accuracy", 0.95) for name in ZOO},
+    "digits-captioner": Trainer("robustcheck.zoo.captioner:train", "held-out exact-match captions", 0.90),
+    "digits-captioner-b": Trainer("robustcheck.zoo.captioner:train", "held-out exact-match captions", 0.90),
+    "raw-isp-learned": Trainer("robustcheck.zoo.raw_isp:train", "round-trip PSNR (dB)", None),
+}
+
+
 def load_zoo_model(name: str, weights: str | Path | None = None) -> ImageClassifier:
     """Build ``name`` and load its shipped (or the given) weights; the model is in eval mode."""
     from robustcheck.loading import load_state_dict
