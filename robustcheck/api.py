@@ -165,6 +165,8 @@ class Plugin:
     requires: ClassVar[frozenset[str]] = frozenset()
     #: run by ``robustcheck audit`` when no probe / defense is named (and the model meets ``requires``).
     in_default_audit: ClassVar[bool] = False
+    #: what one run needs from a cluster scheduler (``num_cpus``, ``num_gpus``; the ray executor).
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
 
     def __init__(self, **params: Any) -> None:
         self.params = resolve_params(f"{self.kind} {self.name!r}", self.defaults, params)

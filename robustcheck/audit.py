@@ -9,6 +9,7 @@ Config file (every key optional; command-line options override)::
     data = "digits-rgb32"
     fail_under = 0.3          # threshold for every probe
     budget = 120              # seconds per run
+    executor = "local"        # or "ray" (extra [ray]); ray_address = "auto" joins a running cluster
     models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
     defenses = ["none", "bit-depth:bits=3"]
 
@@ -34,7 +35,8 @@ DEFAULT_MODEL = "digits-cnn"
 DEFAULT_OUT = "robustcheck-report"
 DEFAULT_SAMPLES = 100
 DEFAULT_BUDGET_S = 120.0
-TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db"}
+TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
+            "executor", "ray_address"}  # fmt: skip
 MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
 PROBE_KEYS = {"name", "params", "fail_under"}
 
@@ -67,6 +69,14 @@ class AuditPlan:
     budget: float | None = DEFAULT_BUDGET_S
     batch_size: int = 64
     results_db: Path | None = None  # None: OUT/results.db
+    executor: str = "local"  # where units run: "local" or "ray" (robustcheck.executors)
+    ray_address: str | None = None  # None with executor "ray": start a local Ray instance
+
+    def make_executor(self) -> Any:
+        """The executor the audit runs on (checked, and Ray imported, before any run)."""
+        from robustcheck.executors import create_executor
+
+        return create_executor(self.executor, self.ray_address)
 
     @property
     def results_db_path(self) -> Path:
@@ -99,6 +109,8 @@ class AuditPlan:
             budget=float(budget) if budget else None,
             batch_size=_positive_int(values.get("batch_size", 64), "batch_size"),
             results_db=Path(values["results_db"]) if values.get("results_db") else None,
+            executor=values.get("executor") or "local",
+            ray_address=values.get("ray_address"),
         )
 
     def threshold(self, probe: str) -> float:
@@ -174,7 +186,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
             raise UsageError(f"{path}: {key!r} must be a number, got {values[key]!r}")
     if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)):
         raise UsageError(f"{path}: 'seed' must be an integer, got {values['seed']!r}")
-    for key in ("out", "data"):
+    for key in ("out", "data", "executor", "ray_address"):
         if key in values and not isinstance(values[key], str):
             raise UsageError(f"{path}: {key!r} must be a string, got {values[key]!r}")
     for i, defense in enumerate(values.get("defenses", [])):

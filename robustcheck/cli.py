@@ -1,4 +1,4 @@
-"""The ``robustcheck`` command line: ``list``, ``audit``, ``zoo train``.
+"""The ``robustcheck`` command line: ``list``, ``audit``, ``leaderboard``, ``zoo train``, ``verify``.
 
 Exit codes: 0 ok, 1 a score under ``--fail-under``, 2 usage or input error (or a probe that
 raised), 3 inconclusive (a run timed out), 130 interrupted (finished runs stay saved: ``--resume``).
@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--markdown", action="store_true", help="write Markdown instead of HTML")
     board.add_argument("--all", action="store_true", help="average every run of a cell instead of taking the latest")
 
+    from robustcheck.verifiers import command as verify_command
+
+    verify = sub.add_parser("verify", help="prove or refute local robustness / VNN-LIB properties (z3-safety)")
+    verify_command.add_arguments(verify)
+
     zoo = sub.add_parser("zoo", help="the built-in model zoo")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", parser_class=_Parser)
     train = zoo_sub.add_parser("train", help="retrain built-in models deterministically")
@@ -75,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_leaderboard(args)
         if command == "zoo":
             return cmd_zoo(args, parser)
+        if command == "verify":
+            from robustcheck.verifiers import command as verify_command
+
+            return verify_command.run(args)
         return cmd_audit(args)
     except RobustCheckError as exc:
         print(f"robustcheck: error: {_one_line(str(exc))}", file=sys.stderr)
@@ -167,9 +176,10 @@ def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
 
     runner = Runner(plan.out, resume=resume, quiet=quiet)
     try:  # Ctrl-C while models load or outputs are written is an interruption too, not a traceback
+        executor = plan.make_executor()
         specs = plan.specs(runner)
         runner.check(specs)
-        outcomes = runner.run(specs)
+        outcomes = runner.run(specs, executor)
         runner.write_outputs(outcomes, plan.seed, plan.fail_under, plan.results_db_path)
     except KeyboardInterrupt:
         print(f"\nrobustcheck: interrupted; finished runs are saved in {plan.out}: rerun with --resume", file=sys.stderr)

@@ -111,3 +111,11 @@ def get(kind: str, name: str) -> Entry:
 def entries(kind: str) -> list[Entry]:
     """Every plugin of ``kind``, loaded."""
     return [get(kind, name) for name in names(kind)]
+
+
+def in_process_entries() -> list[Entry]:
+    """Plugins registered with :func:`register` rather than found through an entry point.
+
+    Remote workers (:mod:`robustcheck.executors`) re-register these: entry points they find themselves.
+    """
+    return [e for kind in GROUPS for e in _registry[kind].values() if e.name not in _entry_points(kind)]

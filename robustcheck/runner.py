@@ -230,24 +230,29 @@ class Runner:
         result.seed, result.seconds = spec.seed, time.perf_counter() - start
         return RunOutcome(spec, result, data.name, probe.score_doc)
 
-    def run(self, specs: Sequence[RunSpec]) -> list[RunOutcome]:
-        """Execute ``specs`` in order, reusing stored runs; each finished run is saved at once."""
-        outcomes: list[RunOutcome] = []
+    def run(self, specs: Sequence[RunSpec], executor: Any = None) -> list[RunOutcome]:
+        """Execute ``specs``, reusing stored runs; each finished run is saved the moment it arrives.
+
+        ``executor`` (:mod:`robustcheck.executors`; default local, in this process) decides where units
+        run; outcomes come back in ``specs`` order whatever order they finish in.
+        """
+        from robustcheck.executors import LocalExecutor
+
+        outcomes: dict[int, RunOutcome] = {}
+        for index, spec in enumerate(specs):
+            stored = self._stored(spec)
+            if stored is not None:
+                outcomes[index] = stored
+        pending = [i for i in range(len(specs)) if i not in outcomes]
         with self._progress() as bar:
-            for spec in specs:
-                stored = self._stored(spec)
-                if stored is not None:
-                    outcomes.append(stored)
-                    continue
-                # labels hold user text (model names, paths): escape it, rich would read "[...]" as markup
-                label = _escape_markup(spec.label)
-                task = bar.add_task(label, total=len(self.data_for(spec))) if bar else None
-                outcome = self.execute(spec, progress=(lambda n, t=task: bar.advance(t, n)) if bar else None)
-                if bar:
-                    bar.update(task, completed=bar.tasks[task].total, description=f"{label}: {_summary(outcome)}")
+            for position, outcome in (executor or LocalExecutor()).execute(self, [specs[i] for i in pending], bar):
                 self._save(outcome)
-                outcomes.append(outcome)
-        return outcomes
+                outcomes[pending[position]] = outcome
+        return [outcomes[i] for i in range(len(specs))]
+
+    def shipment(self, plugins: Sequence[Any] = ()) -> dict[str, Any]:
+        """What a remote worker needs to run this runner's specs: in-memory models and data, plugins."""
+        return {"models": dict(self._models), "data": dict(self._data), "plugins": list(plugins)}
 
     @contextlib.contextmanager
     def _progress(self) -> Iterator[Any]:
@@ -329,12 +334,12 @@ def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "model", "defense", "probe"])
 
 
-def _summary(outcome: RunOutcome) -> str:
+def summary_line(outcome: RunOutcome) -> str:
     r = outcome.result
     return f"score {r.score:.3f}" if r.status == "ok" and r.score is not None else r.status
 
 
-def _escape_markup(text: str) -> str:
+def escape_label(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 HELPERS_MODULE = "rc_helpers"
-HELPER_PROBES = ("explode", "sleepy", "gate", "needs-relu", "needs-captioner", "interrupt", "numpy-metrics")
+HELPER_PROBES = ("explode", "sleepy", "gate", "needs-relu", "needs-captioner", "interrupt", "numpy-metrics", "crash-once")
 
 HELPERS_SOURCE = '''
 """Probes and model factories used by robustcheck's tests."""
@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcheck.api import Probe, ProbeResult
+from robustcheck.api import Probe, ProbeResult, Table
 from robustcheck.data import DIGIT_CLASSES
 from robustcheck.models import ImageClassifier
 from robustcheck.registry import register
@@ -132,7 +132,25 @@ class NumpyMetrics(Accuracy):
         result.metrics.update(
             {"correct": correct.sum(), "all_correct": correct.all(), "mean": np.float32(correct.mean()), "flags": correct[:3]}
         )
+        counts = pd.DataFrame({"label": np.arange(3), "correct": [np.int64(v) for v in correct[:3]]})
+        result.tables.append(Table("first three", counts, note="numpy cells"))
         return result
+
+
+@register("probe", "crash-once")
+class CrashOnce(Accuracy):
+    """Kills its own process the first time (marker file ``path`` absent), then runs normally."""
+
+    defaults = {"path": ""}
+
+    def run(self, model, data, context):
+        marker = Path(self.params["path"])
+        if not marker.exists():
+            marker.write_text("crashed once")
+            import os
+
+            os._exit(1)  # a worker dying mid-task, as an OOM kill or a lost node would
+        return self.evaluate(model, data, context)
 
 
 class Kaboom(nn.Module):
@@ -272,3 +290,88 @@ def wait_for_stored_runs(path: Path, count: int, proc: subprocess.Popen[str], ti
 def comparable_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of a results.json without what may differ between equal audits (timings)."""
     return [{k: v for k, v in run.items() if k != "seconds"} for run in results["runs"]]
+
+
+# --------------------------------------------------------------------------- CIFAR-10 model for slow tests
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CIFAR_NPZ = SHARED_DATA / "cifar10-test-jpeg.npz"
+CIFAR_MODEL_VERSION = "v1"  # bump when the architecture or training recipe changes (invalidates the cache)
+
+
+def _cifar_cnn() -> Any:
+    from torch import nn
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 32), *block(32, 32), nn.MaxPool2d(2),    # 32 x 16 x 16
+        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),   # 64 x 8 x 8
+        *block(64, 128), nn.MaxPool2d(2),                  # 128 x 4 x 4
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(128 * 16, 10),
+    )  # fmt: skip
+
+
+def _train_cifar_cnn(x: Any, y: Any, epochs: int = 12, seed: int = 0) -> Any:
+    """Adam + cosine schedule, random 2-pixel translations and horizontal flips; deterministic for a seed."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    module = _cifar_cnn()
+    optimizer = torch.optim.Adam(module.parameters(), lr=2e-3)
+    steps_per_epoch = -(-len(x) // 128)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    module.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), 128):
+            batch = x[order[start : start + 128]]
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+            batch = torch.roll(F.pad(batch, (2, 2, 2, 2), mode="reflect"), (dy, dx), (2, 3))[:, :, 2:-2, 2:-2]
+            loss = F.cross_entropy(module((batch - mean) / std), y[order[start : start + 128]])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return module.eval()
+
+
+CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+@pytest.fixture(scope="session")
+def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    """A small CIFAR-10 CNN trained here on 8,000 of the shared CIFAR-10 test images, and the other 2,000.
+
+    Returns ``(ImageClassifier for 3x32x32 inputs in [0, 1], held-out ImageDataset)``. The weights are cached
+    in pytest's cache folder, so only the first slow run pays for training (about 2 minutes on 2 cores).
+    Skips when ``../shared/data/cifar10-test-jpeg.npz`` is absent.
+    """
+    if not CIFAR_NPZ.exists():
+        pytest.skip(f"CIFAR-10 data not found at {CIFAR_NPZ}")
+    import numpy as np
+    import torch
+
+    from robustcheck.data import ImageDataset, hwc_uint8_to_tensor
+    from robustcheck.models import ImageClassifier
+
+    with np.load(CIFAR_NPZ) as npz:
+        x, y, classes = hwc_uint8_to_tensor(npz["x"]), torch.from_numpy(npz["y"].astype(np.int64)), [str(c) for c in npz["classes"]]
+    held_out = torch.arange(len(x)) % 5 == 0  # every fifth image: 200 per class
+    weights = Path(request.config.cache.mkdir("robustcheck-cifar")) / f"cifar-cnn-{CIFAR_MODEL_VERSION}.pt"
+    module = _cifar_cnn()
+    if weights.exists():
+        module.load_state_dict(torch.load(weights, weights_only=True))
+    else:
+        module = _train_cifar_cnn(x[~held_out], y[~held_out])
+        torch.save(module.state_dict(), weights)
+    model = ImageClassifier(
+        module.eval(), bounds=(0.0, 1.0), mean=CIFAR_MEAN, std=CIFAR_STD, labels=classes, input_shape=(3, 32, 32), name="cifar-cnn"
+    )
+    return model, ImageDataset(x[held_out], y[held_out], classes, name="cifar10-test-jpeg:held-out")

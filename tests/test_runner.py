@@ -146,8 +146,12 @@ def test_numpy_metrics_are_saved_and_written(helpers: Any, tmp_path: Path) -> No
     assert metrics["correct"] == int(outcomes[0].result.records["correct"].sum())
     assert isinstance(metrics["all_correct"], bool) and len(metrics["flags"]) == 3
     assert written["runs"][0]["score"] == results["runs"][0]["score"]
+    table = written["runs"][0]["tables"][0]
+    assert table["title"] == "first three" and table["columns"] == ["label", "correct"] and len(table["rows"]) == 3
+    assert "first three" in (tmp_path / "o" / "report.html").read_text()
     resumed = Runner(tmp_path / "o", resume=True, quiet=True).run([_spec("numpy-metrics")])[0]
     assert resumed.resumed and resumed.result.metrics == metrics
+    assert [t.to_json() for t in resumed.result.tables] == [table]
 
 
 def test_results_and_records_table(helpers: Any) -> None:

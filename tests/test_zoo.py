@@ -87,3 +87,11 @@ def test_training_restores_the_deterministic_switch(tmp_path: Path, monkeypatch:
     with pytest.raises(RuntimeError, match="no data"):
         train_module.train("digits-mlp", tmp_path, verbose=False)
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.slow
+def test_cifar_fixture_model_learns(cifar_model: tuple) -> None:
+    """The CIFAR-10 CNN that slow tests of probes and defenses use is a real classifier (far above 10%)."""
+    model, held_out = cifar_model
+    accuracy = (model.predict(held_out.x).argmax(1) == held_out.y).float().mean().item()
+    assert accuracy > 0.6, accuracy

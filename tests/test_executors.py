@@ -1,0 +1,139 @@
+"""Executors (robustcheck.executors): local in-process runs and Ray tasks give the same audit.
+
+Ray tests are marked ``ray`` and skipped where Ray is not installed (``pip install -e ".[ray]"``); each
+starts a local Ray instance with 2 CPUs, as a user's laptop or CI runner would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import comparable_runs, stored_runs
+
+from robustcheck.errors import UsageError
+from robustcheck.executors import LocalExecutor, RayExecutor, create_executor
+from robustcheck.runner import Runner, RunOutcome, RunSpec
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _specs(tmp_path: Path) -> list[RunSpec]:
+    """A small audit: a registry model under two attacks (one defended), an in-process probe, an error."""
+    base = {"model": "digits-mlp", "samples": 24, "seed": 3}
+    return [
+        RunSpec(**base, probe="fgsm", params={"epsilons": [0.0, 0.05, 0.1]}),
+        RunSpec(**base, probe="pgd-linf", params={"epsilons": [0.0, 0.1], "steps": 5}, defense="bit-depth"),
+        RunSpec(**base, probe="sleepy", params={"sleep": 0.0}),
+        RunSpec(**base, probe="explode"),
+    ]
+
+
+def test_create_executor() -> None:
+    assert isinstance(create_executor(None), LocalExecutor) and isinstance(create_executor("local"), LocalExecutor)
+    with pytest.raises(UsageError, match="unknown executor 'dask'.*local, ray"):
+        create_executor("dask")
+    with pytest.raises(UsageError, match="--ray-address needs --executor ray"):
+        create_executor("local", "auto")
+    with pytest.raises(UsageError, match="max_retries"):
+        RayExecutor(max_retries=-1)
+
+
+def test_local_executor_is_the_default(helpers: Any, tmp_path: Path) -> None:
+    specs = _specs(tmp_path)
+    default = Runner(None, quiet=True).run(specs)
+    explicit = Runner(None, quiet=True).run(specs, LocalExecutor())
+    assert [o.to_json() | {"seconds": 0} for o in default] == [o.to_json() | {"seconds": 0} for o in explicit]
+
+
+def test_audit_plan_executor_keys(tmp_path: Path) -> None:
+    from robustcheck.audit import AuditPlan
+
+    config = tmp_path / "audit.toml"
+    config.write_text('executor = "local"\n')
+    assert isinstance(AuditPlan.from_sources({}, config).make_executor(), LocalExecutor)
+    config.write_text("executor = 3\n")
+    with pytest.raises(UsageError, match="'executor' must be a string"):
+        AuditPlan.from_sources({}, config)
+
+
+# --------------------------------------------------------------------------- Ray
+
+ray = pytest.importorskip("ray", reason="the ray executor needs Ray (pip install -e '.[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray instance (2 CPUs) for this module: starting one takes seconds to a minute.
+
+    Its workers import ``rc_helpers`` from a folder put on their ``PYTHONPATH`` here, the way
+    :class:`RayExecutor` passes the driver's ``sys.path`` to an instance it starts itself.
+    """
+    from conftest import HELPERS_MODULE, HELPERS_SOURCE
+
+    folder = tmp_path_factory.mktemp("ray-helpers")
+    (folder / f"{HELPERS_MODULE}.py").write_text(HELPERS_SOURCE)
+    env = {"PYTHONPATH": str(folder), "OMP_NUM_THREADS": "1"}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_executor(ray_cluster: None) -> Iterator[RayExecutor]:
+    """A Ray executor on the module's instance (it joins a running instance and leaves it running)."""
+    yield RayExecutor()
+    assert ray.is_initialized()
+
+
+@pytest.mark.ray
+def test_ray_results_equal_local_results(helpers: Any, tmp_path: Path, ray_executor: RayExecutor) -> None:
+    specs = _specs(tmp_path)
+    local = Runner(tmp_path / "local", quiet=True)
+    distributed = Runner(tmp_path / "ray", quiet=True)
+    local_results = local.write_outputs(local.run(specs), seed=3)
+    ray_results = distributed.write_outputs(distributed.run(specs, ray_executor), seed=3)
+    assert comparable_runs(ray_results) == comparable_runs(local_results)
+    assert [r["status"] for r in ray_results["runs"]] == ["ok", "ok", "ok", "error"]
+    assert (tmp_path / "ray" / "records.csv").read_bytes() == (tmp_path / "local" / "records.csv").read_bytes()
+
+
+@pytest.mark.ray
+def test_ray_retries_a_task_whose_worker_died(helpers: Any, tmp_path: Path, ray_executor: RayExecutor) -> None:
+    marker = tmp_path / "crashed"
+    spec = RunSpec(model="digits-mlp", probe="crash-once", params={"path": str(marker)}, samples=16)
+    outcome = Runner(tmp_path / "o", quiet=True).run([spec], ray_executor)[0]
+    assert marker.read_text() == "crashed once"  # the first attempt really died
+    assert outcome.result.status == "ok" and outcome.result.score is not None
+
+
+class _InterruptAfter:
+    """Wraps an executor; raises KeyboardInterrupt after ``n`` outcomes reached the runner (Ctrl-C)."""
+
+    def __init__(self, inner: Any, n: int) -> None:
+        self.inner, self.n = inner, n
+
+    def execute(self, runner: Runner, specs: Sequence[RunSpec], bar: Any) -> Iterator[tuple[int, RunOutcome]]:
+        for count, item in enumerate(self.inner.execute(runner, specs, bar), start=1):
+            yield item
+            if count == self.n:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.ray
+def test_interrupted_ray_audit_resumes(helpers: Any, tmp_path: Path, ray_executor: RayExecutor) -> None:
+    specs = _specs(tmp_path)[:3]
+    with pytest.raises(KeyboardInterrupt):
+        Runner(tmp_path / "o", quiet=True).run(specs, _InterruptAfter(ray_executor, 1))
+    saved = stored_runs(tmp_path / "o" / "runs.sqlite")
+    assert len(saved) == 1  # the run that finished was saved by the driver as it arrived
+    outcomes = Runner(tmp_path / "o", resume=True, quiet=True).run(specs, ray_executor)
+    assert sum(o.resumed for o in outcomes) == 1
+    assert [o.spec.run_id for o in outcomes if o.resumed] == list(saved)
+    assert comparable_runs({"runs": [o.to_json() for o in outcomes]}) == comparable_runs(
+        {"runs": [o.to_json() for o in Runner(None, quiet=True).run(specs)]}
+    )
