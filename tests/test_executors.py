@@ -59,6 +59,23 @@ def test_audit_plan_executor_keys(tmp_path: Path) -> None:
         AuditPlan.from_sources({}, config)
 
 
+def test_cli_executor_options(cli: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = cli("audit", "--ray-address", "auto", "--quiet")
+    assert result.code == 2 and "--ray-address needs --executor ray" in result.err
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    result = cli("audit", "--executor", "ray", "--quiet")
+    assert result.code == 2 and "pip install 'robustcheck-harness[ray]'" in result.err
+
+
 # --------------------------------------------------------------------------- Ray
 
 ray = pytest.importorskip("ray", reason="the ray executor needs Ray (pip install -e '.[ray]')")
