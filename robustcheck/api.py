@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -197,6 +197,16 @@ class Probe(Plugin):
 
     kind: ClassVar[str] = "probe"
     score_doc: ClassVar[str] = ""
+    #: whether a run may split its samples into shards (``RunSpec.shards``): needs :meth:`merge`.
+    shardable: ClassVar[bool] = False
+
+    def merge(self, parts: Sequence[ProbeResult], offsets: Sequence[int]) -> ProbeResult:
+        """Combine the results of consecutive sample shards into the result of the whole run.
+
+        ``offsets[i]`` is the position of shard ``i``'s first sample in the run's data (records
+        index their samples within the shard). Probes that set ``shardable`` implement this.
+        """
+        raise NotImplementedError(f"probe {self.name!r} does not merge shards")
 
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
         raise NotImplementedError

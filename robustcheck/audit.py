@@ -10,6 +10,7 @@ Config file (every key optional; command-line options override)::
     fail_under = 0.3          # threshold for every probe
     budget = 120              # seconds per run
     executor = "local"        # or "ray" (extra [ray]); ray_address = "auto" joins a running cluster
+    shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
     models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
     defenses = ["none", "bit-depth:bits=3"]
 
@@ -36,7 +37,7 @@ DEFAULT_OUT = "robustcheck-report"
 DEFAULT_SAMPLES = 100
 DEFAULT_BUDGET_S = 120.0
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
-            "executor", "ray_address"}  # fmt: skip
+            "executor", "ray_address", "shards"}  # fmt: skip
 MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
 PROBE_KEYS = {"name", "params", "fail_under"}
 
@@ -71,6 +72,7 @@ class AuditPlan:
     results_db: Path | None = None  # None: OUT/results.db
     executor: str = "local"  # where units run: "local" or "ray" (robustcheck.executors)
     ray_address: str | None = None  # None with executor "ray": start a local Ray instance
+    shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
 
     def make_executor(self) -> Any:
         """The executor the audit runs on (checked, and Ray imported, before any run)."""
@@ -111,6 +113,7 @@ class AuditPlan:
             results_db=Path(values["results_db"]) if values.get("results_db") else None,
             executor=values.get("executor") or "local",
             ray_address=values.get("ray_address"),
+            shards=_positive_int(values.get("shards", 1), "shards"),
         )
 
     def threshold(self, probe: str) -> float:
@@ -142,6 +145,7 @@ class AuditPlan:
                             create_probe(probe.name, **probe.params).check_requirements(target)
                         except RequirementError:
                             continue
+                    shardable = getattr(registry_class(probe.name), "shardable", False)
                     specs.append(
                         RunSpec(
                             model=model_id,
@@ -154,9 +158,16 @@ class AuditPlan:
                             budget_s=self.budget,
                             batch_size=self.batch_size,
                             model_options=choice.options,
+                            shards=min(self.shards, self.samples) if shardable else 1,
                         )
                     )
         return specs
+
+
+def registry_class(probe: str) -> Any:
+    """The class registered as ``probe`` (a probe or a verifier)."""
+    kind = "probe" if probe in registry.names("probe") else "verifier"
+    return registry.get(kind, probe).obj
 
 
 def _default_names(kind: str) -> list[str]:

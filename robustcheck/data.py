@@ -63,6 +63,10 @@ class ImageDataset:
             raise UsageError(f"number of samples must be positive, got {n}")
         return ImageDataset(self.x[:n], self.y[:n], self.classes, self.name, self.bounds, dict(self.meta))
 
+    def subset(self, index: torch.Tensor) -> ImageDataset:
+        """The samples at ``index`` (int64 ``(M,)``), in that order (e.g. a shard of a run)."""
+        return ImageDataset(self.x[index], self.y[index], self.classes, self.name, self.bounds, dict(self.meta))
+
 
 def validate_arrays(
     x: Any, y: Any, bounds: tuple[float, float] = (0.0, 1.0), classes: Sequence[str] | None = None, name: str = "data"

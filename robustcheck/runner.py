@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import itertools
 import json
 import platform
 import random
@@ -28,7 +29,7 @@ import torch
 import robustcheck
 from robustcheck.api import Artifact, ProbeResult, RunContext, Table
 from robustcheck.data import ImageDataset, load_data
-from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError
+from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError, UsageError
 from robustcheck.jsonutil import json_default
 from robustcheck.models import ImageClassifier
 
@@ -56,6 +57,9 @@ class RunSpec:
         budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
         model_options: adapter options the model was loaded with (bounds, mean, std, labels, ...);
             part of ``run_id``, so resuming after changing them recomputes the runs.
+        shards: split the samples into this many contiguous shards, each its own unit (run in parallel
+            by the ray executor), merged by the probe (``Probe.merge``) into this run's result.
+        shard: set on a shard unit: which shard of ``shards`` it is (``None`` for a whole run).
     """
 
     model: str
@@ -68,14 +72,30 @@ class RunSpec:
     budget_s: float | None = None
     batch_size: int = 64
     model_options: dict[str, Any] = field(default_factory=dict)
+    shards: int = 1
+    shard: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise UsageError(f"shards must be a positive integer, got {self.shards!r}")
+        if self.shard is not None and not 0 <= self.shard < self.shards:
+            raise UsageError(f"shard {self.shard} out of range for {self.shards} shards")
 
     def identity(self) -> dict[str, Any]:
         """What determines the result (everything but the time budget)."""
         out = dataclasses.asdict(self)
         out.pop("budget_s")
-        if not out["model_options"]:  # keeps the run ids of specs without options as they were
-            out.pop("model_options")
+        # defaults are left out, so run ids of specs without these fields stay as they were
+        for key, default in (("model_options", {}), ("shards", 1), ("shard", None)):
+            if out[key] == default:
+                out.pop(key)
         return out
+
+    def shard_units(self) -> list[RunSpec]:
+        """The units this run executes as: itself, or one spec per shard."""
+        if self.shards == 1 or self.shard is not None:
+            return [self]
+        return [dataclasses.replace(self, shard=i) for i in range(self.shards)]
 
     @property
     def run_id(self) -> str:
@@ -85,7 +105,8 @@ class RunSpec:
     @property
     def label(self) -> str:
         defense = f"+{self.defense}" if self.defense else ""
-        return f"{self.model}{defense} / {self.probe}"
+        shard = f" [shard {self.shard + 1}/{self.shards}]" if self.shard is not None else ""
+        return f"{self.model}{defense} / {self.probe}{shard}"
 
 
 @dataclass
@@ -180,6 +201,9 @@ class Runner:
         if name not in self._data:
             self._data[name] = load_data(name)
         data = self._data[name].head(spec.samples)
+        if spec.shard is not None:
+            start, stop = shard_bounds(len(data), spec.shards)[spec.shard]
+            data = data.subset(torch.arange(start, stop))
         model.validate(data.x, what=f"data {name!r}")  # every sample: bounds are per-sample values
         if model.num_classes is not None and len(data) and int(data.y.max()) >= model.num_classes:
             raise InputError(f"data {name!r} has label {int(data.y.max())} but model {spec.model!r} has {model.num_classes} classes")
@@ -194,7 +218,12 @@ class Runner:
             data = self.data_for(spec)
             model.predict(data.x[:2])  # a model that raises fails here, before any run
             target = create_defense(spec.defense).apply(model) if spec.defense else model
-            create_probe(spec.probe, **spec.params).check_requirements(target)
+            probe = create_probe(spec.probe, **spec.params)
+            probe.check_requirements(target)
+            if spec.shards > 1 and not probe.shardable:
+                raise UsageError(f"probe {spec.probe!r} cannot split its samples into shards (it does not implement merge)")
+            if spec.shards > len(data):
+                raise UsageError(f"{spec.shards} shards for {len(data)} samples: at most one shard per sample")
 
     # -- execution -----------------------------------------------------------------------------
     def execute(self, spec: RunSpec, progress: Any = None) -> RunOutcome:
@@ -239,16 +268,42 @@ class Runner:
         from robustcheck.executors import LocalExecutor
 
         outcomes: dict[int, RunOutcome] = {}
+        units: list[RunSpec] = []  # what still has to run: whole runs and shards
         for index, spec in enumerate(specs):
             stored = self._stored(spec)
             if stored is not None:
                 outcomes[index] = stored
-        pending = [i for i in range(len(specs)) if i not in outcomes]
+            else:
+                units.extend(u for u in spec.shard_units() if u is spec or self._stored(u) is None)
         with self._progress() as bar:
-            for position, outcome in (executor or LocalExecutor()).execute(self, [specs[i] for i in pending], bar):
+            finished = {}
+            for position, outcome in (executor or LocalExecutor()).execute(self, units, bar):
                 self._save(outcome)
-                outcomes[pending[position]] = outcome
+                finished[units[position].run_id] = outcome
+        for index, spec in enumerate(specs):
+            if index not in outcomes:
+                outcomes[index] = finished.get(spec.run_id) or self._merge(spec, finished)
         return [outcomes[i] for i in range(len(specs))]
+
+    def _merge(self, spec: RunSpec, finished: dict[str, RunOutcome]) -> RunOutcome:
+        """Combine the shard outcomes of ``spec`` (fresh or stored) into its outcome, and save it."""
+        from robustcheck.loading import create_probe
+
+        parts = [finished.get(u.run_id) or self._stored(u) for u in spec.shard_units()]
+        results = [p.result for p in parts if p is not None]
+        offsets = [start for start, _ in shard_bounds(len(self.data_for(spec)), spec.shards)]
+        failed = [r for r in results if r.status == "error"]
+        probe = create_probe(spec.probe, **spec.params)
+        if failed or len(results) < spec.shards:
+            message = failed[0].message if failed else "a shard did not finish"
+            result = ProbeResult(None, status="error", message=f"{len(failed)} of {spec.shards} shards failed: {message}")
+        else:
+            result = probe.merge(results, offsets)
+        result.seed, result.seconds = spec.seed, sum(r.seconds for r in results)
+        data_name = parts[0].data_name if parts[0] is not None else ""
+        outcome = RunOutcome(spec, result, data_name, probe.score_doc)
+        self._save(outcome)
+        return outcome
 
     def shipment(self, plugins: Sequence[Any] = ()) -> dict[str, Any]:
         """What a remote worker needs to run this runner's specs: in-memory models and data, plugins."""
@@ -332,6 +387,12 @@ def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
                 frame.insert(position, key, value)
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "model", "defense", "probe"])
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each of ``shards`` contiguous, near-equal shards of ``n`` samples."""
+    edges = [round(i * n / shards) for i in range(shards + 1)]
+    return list(itertools.pairwise(edges))
 
 
 def summary_line(outcome: RunOutcome) -> str:

@@ -66,6 +66,14 @@ class Accuracy(Probe):
     def run(self, model, data, context):
         return self.evaluate(model, data, context)
 
+    shardable = True
+
+    def merge(self, parts, offsets):
+        frames = [p.records.assign(index=p.records["index"] + offset) for p, offset in zip(parts, offsets)]
+        records = pd.concat(frames, ignore_index=True)
+        accuracy = float(records["correct"].mean())
+        return ProbeResult(accuracy, {"clean_accuracy": accuracy, "robust_accuracy": {"0": accuracy}, "auc": accuracy}, records)
+
 
 @register("probe", "explode")
 class Explode(Probe):

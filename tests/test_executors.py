@@ -28,6 +28,7 @@ def _specs(tmp_path: Path) -> list[RunSpec]:
         RunSpec(**base, probe="pgd-linf", params={"epsilons": [0.0, 0.1], "steps": 5}, defense="bit-depth"),
         RunSpec(**base, probe="sleepy", params={"sleep": 0.0}),
         RunSpec(**base, probe="explode"),
+        RunSpec(**base, probe="sleepy", params={"sleep": 0.0}, shards=3),  # three tasks, merged by the driver
     ]
 
 
@@ -52,8 +53,9 @@ def test_audit_plan_executor_keys(tmp_path: Path) -> None:
     from robustcheck.audit import AuditPlan
 
     config = tmp_path / "audit.toml"
-    config.write_text('executor = "local"\n')
-    assert isinstance(AuditPlan.from_sources({}, config).make_executor(), LocalExecutor)
+    config.write_text('executor = "local"\nshards = 3\n')
+    plan = AuditPlan.from_sources({}, config)
+    assert isinstance(plan.make_executor(), LocalExecutor) and plan.shards == 3
     config.write_text("executor = 3\n")
     with pytest.raises(UsageError, match="'executor' must be a string"):
         AuditPlan.from_sources({}, config)
@@ -115,7 +117,7 @@ def test_ray_results_equal_local_results(helpers: Any, tmp_path: Path, ray_execu
     local_results = local.write_outputs(local.run(specs), seed=3)
     ray_results = distributed.write_outputs(distributed.run(specs, ray_executor), seed=3)
     assert comparable_runs(ray_results) == comparable_runs(local_results)
-    assert [r["status"] for r in ray_results["runs"]] == ["ok", "ok", "ok", "error"]
+    assert [r["status"] for r in ray_results["runs"]] == ["ok", "ok", "ok", "error", "ok"]
     assert (tmp_path / "ray" / "records.csv").read_bytes() == (tmp_path / "local" / "records.csv").read_bytes()
 
 

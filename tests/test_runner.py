@@ -211,3 +211,46 @@ def test_model_options_are_part_of_the_run_id() -> None:
     with_bounds = RunSpec(model="m", probe="fgsm", model_options={"bounds": [0, 1]})
     assert with_bounds.run_id != bare.run_id
     assert with_bounds.run_id != RunSpec(model="m", probe="fgsm", model_options={"bounds": [0, 2]}).run_id
+
+
+# --------------------------------------------------------------------------------------------- shards
+
+
+def test_shards_merge_into_the_whole_run(helpers: Any, tmp_path: Path) -> None:
+    whole = _spec("sleepy", params={"sleep": 0.0}, samples=10)
+    sharded = _spec("sleepy", params={"sleep": 0.0}, samples=10, shards=3)
+    assert sharded.run_id != whole.run_id and [u.shard for u in sharded.shard_units()] == [0, 1, 2]
+    assert "[shard 2/3]" in sharded.shard_units()[1].label
+    runner = Runner(tmp_path / "o", quiet=True)
+    runner.check([sharded])
+    reference, merged = runner.run([whole, sharded])
+    assert [len(runner.data_for(u)) for u in sharded.shard_units()] == [3, 4, 3]
+    assert merged.result.score == reference.result.score
+    pd.testing.assert_frame_equal(
+        merged.result.records.drop(columns="noise"), reference.result.records.drop(columns="noise")
+    )  # noise: each shard seeds torch with the run's seed, so its draws restart per shard
+    stored = stored_runs(tmp_path / "o" / "runs.sqlite")
+    assert {u.run_id for u in sharded.shard_units()} | {sharded.run_id, whole.run_id} == set(stored)
+
+
+def test_resume_runs_only_missing_shards(helpers: Any, tmp_path: Path) -> None:
+    sharded = _spec("sleepy", params={"sleep": 0.0}, samples=10, shards=2)
+    first_shard = sharded.shard_units()[0]
+    Runner(tmp_path / "o", quiet=True).run([first_shard])
+    before = stored_runs(tmp_path / "o" / "runs.sqlite")
+    outcome = Runner(tmp_path / "o", resume=True, quiet=True).run([sharded])[0]
+    after = stored_runs(tmp_path / "o" / "runs.sqlite")
+    assert after[first_shard.run_id]["finished"] == before[first_shard.run_id]["finished"]
+    assert len(outcome.result.records) == 10 and list(outcome.result.records["index"]) == list(range(10))
+
+
+def test_shard_errors(helpers: Any, tmp_path: Path) -> None:
+    runner = Runner(None, quiet=True)
+    with pytest.raises(UsageError, match="cannot split its samples into shards"):
+        runner.check([_spec("fgsm", shards=2)])
+    with pytest.raises(UsageError, match="9 shards for 8 samples"):
+        runner.check([_spec("sleepy", shards=9)])
+    with pytest.raises(UsageError, match="shards must be a positive integer"):
+        _spec("sleepy", shards=0)
+    failed = runner.run([_spec("explode", shards=2)])[0]  # explode is not shardable: run() trusts check()
+    assert failed.result.status == "error" and "2 of 2 shards failed" in failed.result.message
