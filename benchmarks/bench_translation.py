@@ -27,9 +27,10 @@ from torch import nn
 
 from robustcheck.attacks.translation import TranslationProbe, forward_views
 from robustcheck.data import ImageDataset, load_data
+from robustcheck.data_formats import load_labelled_photos
 from robustcheck.loading import create_probe, load_model
 from robustcheck.models import ImageClassifier
-from robustcheck.shifts import load_labelled_photos, shift_offsets
+from robustcheck.shifts import shift_offsets
 
 
 def tiny_224(classes: list[str] | None) -> ImageClassifier:

@@ -199,6 +199,8 @@ class Probe(Plugin):
     score_doc: ClassVar[str] = ""
     #: whether a run may split its samples into shards (``RunSpec.shards``): needs :meth:`merge`.
     shardable: ClassVar[bool] = False
+    #: whether data images may be larger than the model input (the probe cuts model-sized windows).
+    accepts_larger_inputs: ClassVar[bool] = False
 
     def merge(self, parts: Sequence[ProbeResult], offsets: Sequence[int]) -> ProbeResult:
         """Combine the results of consecutive sample shards into the result of the whole run.

@@ -125,7 +125,7 @@ class AuditPlan:
 
     def specs(self, runner: Any) -> list[Any]:
         """Expand into run units, in a fixed order: model, defense (bare first), probe."""
-        from robustcheck.loading import create_defense, create_probe
+        from robustcheck.loading import create_defense, create_probe, plugin_class
         from robustcheck.runner import RunSpec
 
         defenses = self.defenses if self.defenses is not None else [None, *_default_names("defense")]
@@ -145,7 +145,7 @@ class AuditPlan:
                             create_probe(probe.name, **probe.params).check_requirements(target)
                         except RequirementError:
                             continue
-                    shardable = getattr(registry_class(probe.name), "shardable", False)
+                    shardable = getattr(plugin_class(probe.name), "shardable", False)
                     specs.append(
                         RunSpec(
                             model=model_id,
@@ -162,12 +162,6 @@ class AuditPlan:
                         )
                     )
         return specs
-
-
-def registry_class(probe: str) -> Any:
-    """The class registered as ``probe`` (a probe or a verifier)."""
-    kind = "probe" if probe in registry.names("probe") else "verifier"
-    return registry.get(kind, probe).obj
 
 
 def _default_names(kind: str) -> list[str]:

@@ -10,10 +10,12 @@ file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
 from __future__ import annotations
 
 import codecs
+import csv
 import gzip
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import pickle
 import re
@@ -240,6 +242,9 @@ def _load_file(path: Path, params: dict[str, Any]) -> ImageDataset:
 
 
 def _load_folder(folder: Path, params: dict[str, Any]) -> ImageDataset:
+    if (folder / "labels.csv").is_file():
+        p = resolve_params(f"labelled photos {folder}", {"size": 256, "limit": None}, params)
+        return load_labelled_photos(folder, size=int(p["size"]), limit=_check_limit(p["limit"]))
     # Descend into the folder that the CIFAR-10 tarball and torchvision's MNIST layout create.
     for inner in ("cifar-10-batches-py", "raw"):
         if (folder / inner).is_dir() and _folder_kind(folder / inner) in ("cifar", "idx"):
@@ -808,3 +813,53 @@ def foolbox_cifar10() -> ImageDataset:
 def foolbox_mnist() -> ImageDataset:
     """foolbox's 20 labelled MNIST test digits, 1x28x28 in [0, 1]."""
     return _foolbox_samples("mnist", list(DIGIT_CLASSES), "foolbox-mnist")
+
+
+def load_labelled_photos(folder: Path | str, size: int = 256, limit: int | None = None) -> ImageDataset:
+    """Photos listed in ``folder/labels.csv`` (columns ``class_index`` and ``file``), each resized *once*
+    so its shorter side is ``size`` px (bicubic) and centre-cropped to ``size x size``: ``(N, 3, size, size)``
+    in [0, 1], labels = ``class_index``; class names from ``imagenet_class_index.json`` when present.
+
+    For realistic shifts of a 224x224 classifier (the ``translation`` probe): ``size=256`` leaves 16 px
+    of real scene on every side of the 224 window. ``load_path`` picks this format for any folder with
+    a ``labels.csv`` (params ``size``, ``limit``), e.g. the ImageNet sample photos.
+    """
+    folder = Path(folder)
+    listing = folder / "labels.csv"
+    if not listing.is_file():
+        raise InputError(f"{folder}: no labels.csv (columns class_index,file) listing the photos")
+    with listing.open(newline="") as f:
+        rows = list(csv.DictReader(f))[:limit]
+    if not rows or not {"class_index", "file"} <= set(rows[0]):
+        raise InputError(f"{listing}: expected columns class_index and file and at least one row")
+    images = np.stack([_photo_square(folder / row["file"], size) for row in rows])
+    labels = np.array([int(row["class_index"]) for row in rows], dtype=np.int64)
+    index = folder / "imagenet_class_index.json"
+    classes = None
+    if index.is_file():
+        table = json.loads(index.read_text())
+        classes = [str(table[str(i)][1]) for i in range(len(table))]
+    meta = {
+        "format": "labelled-photos",
+        "path": str(folder),
+        "files": [row["file"] for row in rows],
+        "resized_to": size,
+    }
+    return ImageDataset(
+        torch.from_numpy(images), torch.from_numpy(labels), classes, name=str(folder), meta=meta
+    )
+
+
+def _photo_square(path: Path, size: int) -> np.ndarray:
+    """One photo as ``(3, size, size)`` float32: shorter side resized to ``size``, then centre-cropped."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = size / min(im.width, im.height)
+            width, height = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+            im = im.resize((width, height), Image.Resampling.BICUBIC)
+            left, top = (width - size) // 2, (height - size) // 2
+            arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable image ({exc})") from exc
+    return arr.transpose(2, 0, 1).copy()

@@ -99,6 +99,8 @@ def _apply_options(model: ImageClassifier, adapter: dict[str, Any]) -> ImageClas
     """Re-wrap ``model`` when adapter options (bounds, labels, ...) override its own."""
     if not adapter:
         return model
+    if getattr(model, "is_captioner", False):  # keep the decoder: captioners re-wrap themselves
+        return model.with_options(adapter)  # type: ignore[attr-defined]
     current = {
         "bounds": model.bounds,
         "labels": model.labels,
@@ -252,6 +254,13 @@ def _create(kind: str, base: type, spec: str, params: dict[str, Any]) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise UsageError(f"{kind} plugin {name!r} is {cls!r}, not a {base.__name__} subclass")
     return cls(**{**spec_params, **params})
+
+
+def plugin_class(spec: str) -> Any:
+    """The class registered under the probe (or verifier) name of ``spec``, without creating it."""
+    name, _ = parse_spec(spec)
+    kind = "verifier" if name not in registry.names("probe") and name in registry.names("verifier") else "probe"
+    return registry.get(kind, name).obj
 
 
 def create_probe(spec: str, **params: Any) -> Probe:

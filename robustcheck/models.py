@@ -137,15 +137,26 @@ class ImageClassifier(nn.Module):
         return str(index)
 
     # -- validation ----------------------------------------------------------------------------
-    def validate(self, x: torch.Tensor, what: str = "input") -> None:
-        """Raise :class:`InputError` naming the problem if ``x`` is not a valid image batch."""
+    def validate(self, x: torch.Tensor, what: str = "input", *, larger_ok: bool = False) -> None:
+        """Raise :class:`InputError` naming the problem if ``x`` is not a valid image batch.
+
+        With ``larger_ok``, images may be larger than ``input_shape`` (same channels): for probes that
+        cut model-sized windows out of bigger photos themselves.
+        """
         if not isinstance(x, torch.Tensor):
             raise InputError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise InputError(f"{what} must be floating point, got dtype {x.dtype}")
         if x.ndim != 4:
             raise InputError(f"{what} must have shape (B, C, H, W), got {tuple(x.shape)}")
-        if self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
+        if self.input_shape is not None and larger_ok:
+            channels, height, width = self.input_shape
+            if x.shape[1] != channels or x.shape[2] < height or x.shape[3] < width:
+                raise InputError(
+                    f"model {self.name!r} needs images with {channels} channels and at least {height}x{width} pixels, "
+                    f"{what} has shape {tuple(x.shape[1:])} (C, H, W)"
+                )
+        elif self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise InputError(
                 f"model {self.name!r} expects images of shape {self.input_shape} (C, H, W), {what} has {tuple(x.shape[1:])}"
             )

@@ -31,6 +31,7 @@ from robustcheck.api import Artifact, ProbeResult, RunContext, Table
 from robustcheck.data import ImageDataset, load_data
 from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError, UsageError
 from robustcheck.jsonutil import json_default
+from robustcheck.loading import plugin_class
 from robustcheck.models import ImageClassifier
 
 DEFAULT_SAMPLES = 100
@@ -204,7 +205,8 @@ class Runner:
         if spec.shard is not None:
             start, stop = shard_bounds(len(data), spec.shards)[spec.shard]
             data = data.subset(torch.arange(start, stop))
-        model.validate(data.x, what=f"data {name!r}")  # every sample: bounds are per-sample values
+        larger_ok = getattr(plugin_class(spec.probe), "accepts_larger_inputs", False)
+        model.validate(data.x, what=f"data {name!r}", larger_ok=larger_ok)  # every sample: bounds are per-sample
         if model.num_classes is not None and len(data) and int(data.y.max()) >= model.num_classes:
             raise InputError(f"data {name!r} has label {int(data.y.max())} but model {spec.model!r} has {model.num_classes} classes")
         return data
@@ -216,7 +218,10 @@ class Runner:
         for spec in specs:
             model = self.model(spec.model)
             data = self.data_for(spec)
-            model.predict(data.x[:2])  # a model that raises fails here, before any run
+            sample = data.x[:2]
+            if model.input_shape is not None:  # a probe may take larger photos and crop them itself
+                sample = sample[..., : model.input_shape[1], : model.input_shape[2]]
+            model.predict(sample)  # a model that raises fails here, before any run
             target = create_defense(spec.defense).apply(model) if spec.defense else model
             probe = create_probe(spec.probe, **spec.params)
             probe.check_requirements(target)

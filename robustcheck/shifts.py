@@ -16,18 +16,13 @@ Conventions (all tensors ``(B, C, H, W)``, values within the model's bounds, shi
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from robustcheck.data import ImageDataset
 from robustcheck.errors import InputError, UsageError
 
 BORDERS = ("reflect", "replicate", "zero")
@@ -262,53 +257,3 @@ def lexicographic_first(
 # --------------------------------------------------------------------------------------------
 # Larger photos (realistic crops from real camera images)
 # --------------------------------------------------------------------------------------------
-
-
-def load_labelled_photos(folder: Path | str, size: int = 256, limit: int | None = None) -> ImageDataset:
-    """Photos listed in ``folder/labels.csv`` (columns ``class_index`` and ``file``), each resized *once*
-    so its shorter side is ``size`` px (bicubic) and centre-cropped to ``size x size``: ``(N, 3, size, size)``
-    in [0, 1], labels = ``class_index``; class names from ``imagenet_class_index.json`` when present.
-
-    Used for realistic shifts of a 224x224 classifier: ``size=256`` leaves 16 px of real scene on every
-    side of the 224 window (the core's image-folder loader wants one subfolder per class and squashes
-    each photo to the given size).
-    """
-    folder = Path(folder)
-    listing = folder / "labels.csv"
-    if not listing.is_file():
-        raise InputError(f"{folder}: no labels.csv (columns class_index,file) listing the photos")
-    with listing.open(newline="") as f:
-        rows = list(csv.DictReader(f))[:limit]
-    if not rows or not {"class_index", "file"} <= set(rows[0]):
-        raise InputError(f"{listing}: expected columns class_index and file and at least one row")
-    images = np.stack([_photo_square(folder / row["file"], size) for row in rows])
-    labels = np.array([int(row["class_index"]) for row in rows], dtype=np.int64)
-    index = folder / "imagenet_class_index.json"
-    classes = None
-    if index.is_file():
-        table = json.loads(index.read_text())
-        classes = [str(table[str(i)][1]) for i in range(len(table))]
-    meta = {
-        "format": "labelled-photos",
-        "path": str(folder),
-        "files": [row["file"] for row in rows],
-        "resized_to": size,
-    }
-    return ImageDataset(
-        torch.from_numpy(images), torch.from_numpy(labels), classes, name=str(folder), meta=meta
-    )
-
-
-def _photo_square(path: Path, size: int) -> np.ndarray:
-    """One photo as ``(3, size, size)`` float32: shorter side resized to ``size``, then centre-cropped."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            scale = size / min(im.width, im.height)
-            width, height = max(size, round(im.width * scale)), max(size, round(im.height * scale))
-            im = im.resize((width, height), Image.Resampling.BICUBIC)
-            left, top = (width - size) // 2, (height - size) // 2
-            arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable image ({exc})") from exc
-    return arr.transpose(2, 0, 1).copy()

@@ -239,3 +239,15 @@ def test_is_relu_network() -> None:
     assert not ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.Tanh())).is_relu_network()
     assert not ImageClassifier(Mixed()).is_relu_network()
     assert ImageClassifier(relu).gradients == "exact"
+
+
+def test_validate_larger_images_only_when_allowed() -> None:
+    model = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)), input_shape=(3, 8, 8), name="m")
+    larger = torch.rand(2, 3, 10, 12)
+    with pytest.raises(InputError, match=r"expects images of shape \(3, 8, 8\)"):
+        model.validate(larger)
+    model.validate(larger, larger_ok=True)  # a probe that crops windows itself may take these
+    with pytest.raises(InputError, match="at least 8x8 pixels"):
+        model.validate(torch.rand(2, 3, 6, 12), larger_ok=True)
+    with pytest.raises(InputError, match="3 channels"):
+        model.validate(torch.rand(2, 1, 10, 10), larger_ok=True)

@@ -12,13 +12,13 @@ from torch import nn
 from robustcheck.api import Table
 from robustcheck.attacks.translation import TranslationProbe, forward_views, inference, last_linear
 from robustcheck.data import ImageDataset, load_data
+from robustcheck.data_formats import load_labelled_photos
 from robustcheck.errors import InputError, ProbeTimeout, UsageError
 from robustcheck.loading import create_probe, load_model
 from robustcheck.models import ImageClassifier
 from robustcheck.shifts import (
     centre_crop,
     cyclic_views,
-    load_labelled_photos,
     pad_canvas,
     shift_offsets,
     shift_size,
@@ -277,3 +277,14 @@ def test_realistic_crops_from_imagenet_photos(single_thread: None) -> None:
     assert m["canvas"] == "source" and m["samples"] == 16
     assert 0.0 <= m["realistic/fooling_rate"] <= 1.0 and m["realistic/representation_change"] is not None
     assert result.tables[1].frame["window"].tolist()[:3] == [1, 1, 5]
+    # the same through the runner, as `robustcheck audit --data imagenet-samples/` does: the folder's
+    # labels.csv selects the photo loader, and the runner accepts images larger than the model input
+    from robustcheck.runner import Runner, RunSpec
+
+    runner = Runner(None, quiet=True)
+    runner.add_model("tiny-224", model)
+    spec = RunSpec(model="tiny-224", probe="translation", data=str(PHOTOS), params={"windows": []}, samples=4)
+    runner.check([spec])
+    outcome = runner.run([spec])[0]
+    assert outcome.result.status == "ok" and outcome.result.metrics["canvas"] == "source"
+    assert outcome.result.metrics["samples"] == 4
