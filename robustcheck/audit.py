@@ -140,7 +140,8 @@ class AuditPlan:
             for defense in defenses:
                 target = create_defense(defense).apply(model) if defense else model
                 for probe in self.probes or [ProbeChoice(n) for n in _default_names("probe")]:
-                    if self.probes is None:  # defaults: skip probes that do not apply to this model
+                    if self.probes is None or (defense is not None and self.defenses is None):
+                        # defaults (probes, or defenses nobody asked for): skip pairs that do not apply
                         try:
                             create_probe(probe.name, **probe.params).check_requirements(target)
                         except RequirementError:
