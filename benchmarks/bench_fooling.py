@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import torch
 
 from robustcheck.api import RunContext
+from robustcheck.attacks.fooling import FoolingProbe
 from robustcheck.attacks.fooling_cppn import CppnEncoding
 from robustcheck.attacks.fooling_genomes import DirectEncoding, Encoding
 from robustcheck.attacks.fooling_search import Budget, EliteArchive, batched_evaluator, run_map_elites
@@ -32,18 +34,19 @@ from robustcheck.loading import load_model
 from robustcheck.models import ImageClassifier
 
 
-def make_encoding(name: str, model: ImageClassifier) -> Encoding:
+def make_encoding(name: str, model: ImageClassifier) -> DirectEncoding | CppnEncoding:
+    """The probe's ``evolution-<name>`` encoding for ``model``, without crossover (see the module docstring)."""
     assert model.input_shape is not None
     shape = (model.input_shape[0], model.input_shape[1], model.input_shape[2])
-    if name == "direct":
-        return DirectEncoding(shape, model.bounds, crossover_rate=0.0)
-    return CppnEncoding(shape, model.bounds)
+    return FoolingProbe(crossover_rate=0.0).encoding(f"evolution-{name}", shape, model.bounds)
 
 
 Timing = tuple[float, float]  # (wall seconds, CPU seconds) per generation
 
 
-def batched(model: ImageClassifier, encoding: Encoding, args: argparse.Namespace, classes: int) -> Timing:
+def batched(
+    model: ImageClassifier, encoding: Encoding[Any], args: argparse.Namespace, classes: int
+) -> Timing:
     """Seconds per generation of the probe's batched MAP-Elites."""
     trace = run_map_elites(
         "bench",
@@ -60,10 +63,10 @@ def batched(model: ImageClassifier, encoding: Encoding, args: argparse.Namespace
     return trace.seconds / count, trace.cpu_seconds / count
 
 
-def naive(model: ImageClassifier, encoding: Encoding, args: argparse.Namespace, classes: int) -> Timing:
+def naive(model: ImageClassifier, encoding: Encoding[Any], args: argparse.Namespace, classes: int) -> Timing:
     """Seconds per generation when every child is made, rendered and scored on its own."""
     rng = torch.Generator().manual_seed(0)
-    archive = EliteArchive.empty(classes)
+    archive: EliteArchive[Any] = EliteArchive.empty(classes)
     start, cpu_start = time.perf_counter(), time.process_time()
     for generation in range(args.generations + 1):
         for _ in range(args.population):
@@ -107,7 +110,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    classes = model.num_classes or 10
+    if model.num_classes is None:
+        parser.error(f"model {args.model!r} names no classes (labels); give a labelled model")
+    classes = model.num_classes
     forward = medians([forward_pass(model, args) for _ in range(max(5, args.repeats))])
     print(f"model {args.model}, population {args.population}, {args.generations + 1} generations per run, "
           f"{args.repeats} repeat(s), {args.threads} thread(s)")  # fmt: skip

@@ -16,14 +16,14 @@ from torch import nn
 from robustcheck.api import Defense, RunContext, Table
 from robustcheck.attacks.fooling import GENERATORS, FoolingProbe
 from robustcheck.attacks.fooling_checks import adapt_images, nearest_distances, real_nearest_baseline
-from robustcheck.attacks.fooling_cppn import ACTIVATIONS, NUM_INPUTS, WEIGHT_RANGE, CppnEncoding
+from robustcheck.attacks.fooling_cppn import ACTIVATIONS, NUM_INPUTS, WEIGHT_RANGE, CppnEncoding, activate
 from robustcheck.attacks.fooling_genomes import (
     DirectEncoding,
     DirectPopulation,
     polynomial_mutation,
     sbx_crossover,
 )
-from robustcheck.attacks.fooling_search import EliteArchive, batched_evaluator
+from robustcheck.attacks.fooling_search import AscentSettings, EliteArchive, ascent_step, batched_evaluator
 from robustcheck.data import ImageDataset, load_data
 from robustcheck.errors import RequirementError, UsageError
 from robustcheck.loading import create_probe, load_model
@@ -144,6 +144,29 @@ def test_cppn_renders_deterministic_images_for_a_seed() -> None:
     assert images.flatten(1).std(1).gt(0).any()  # not all flat
 
 
+def test_cppn_inputs_activations_and_pixel_values() -> None:
+    """Inputs x, y in [-1, 1], distance from the centre, a bias; pixel = |output| scaled into the bounds."""
+    encoding = CppnEncoding((1, 3, 5), (-1.0, 1.0), max_hidden=2)
+    x, y, d, bias = encoding.coordinates().view(NUM_INPUTS, 3, 5)
+    assert x[0].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0] and y[:, 0].tolist() == [-1.0, 0.0, 1.0]
+    assert torch.allclose(d, (x * x + y * y).sqrt()) and bool((bias == 1).all())
+
+    z = torch.linspace(-4, 4, 9).repeat(len(ACTIVATIONS), 1)
+    out = activate(z, torch.arange(len(ACTIVATIONS)))
+    expected = [z[0].sin(), 2 * torch.sigmoid(z[1]) - 1, torch.exp(-(z[2] ** 2)), z[3].clamp(-1, 1)]
+    assert all(torch.allclose(o, e, atol=1e-6) for o, e in zip(out, expected, strict=True))
+
+    # one genome, identity output fed by x alone (weight 1): pixel = |x|, mapped from [0, 1] to the bounds
+    genome = encoding.random(1, rng())
+    output = encoding.output_slots.start
+    genome.enabled[:] = False
+    genome.enabled[0, output, 0] = True
+    genome.weight[0, output, 0] = 1.0
+    genome.activation[0, output] = ACTIVATIONS.index("identity")
+    image = encoding.render(genome)[0, 0]
+    assert torch.allclose(image, -1.0 + 2.0 * x.abs())
+
+
 def test_cppn_renders_large_populations_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     encoding = CppnEncoding((3, 10, 10))
     population = encoding.random(7, rng(19))
@@ -209,12 +232,8 @@ def test_archive_lets_one_child_take_several_cells() -> None:
     children = DirectPopulation(torch.tensor([10.0, 11.0]).view(2, 1, 1, 1))
     probs = torch.tensor([[0.7, 0.05, 0.05, 0.2], [0.05, 0.1, 0.9, 0.9]], dtype=torch.float64)
     replaced = archive.update(children, children.genes, probs)
-    assert replaced.tolist() == [
-        True,
-        False,
-        True,
-        True,
-    ]  # child 11 beats cells 2 and 3; cell 1 keeps its elite
+    # child 11 beats cells 2 and 3; cell 1 keeps its elite
+    assert replaced.tolist() == [True, False, True, True]
     assert archive.genomes.genes.flatten().tolist() == [10.0, 1.0, 11.0, 11.0]
     assert archive.images is not None and archive.images.flatten().tolist() == [10.0, 1.0, 11.0, 11.0]
     assert archive.fitness.tolist() == [0.7, 0.6, 0.9, 0.9]
@@ -238,6 +257,32 @@ def test_archive_samples_parents_uniformly_over_cells() -> None:
     assert abs(share - 0.75) < 0.03  # genome 0 owns three of four cells
     with pytest.raises(RuntimeError, match="empty"):
         EliteArchive.empty(3).sample_parents(2, rng())
+
+
+# --------------------------------------------------------------------------- gradient ascent
+
+
+def test_ascent_step_predicts_the_desired_progress() -> None:
+    """lr = min(max_lr, desired / |g|^2) with desired = min(0.03, 0.1 (1 - p)): g . dx = desired."""
+    images = torch.full((3, 1, 2, 2), 0.5)
+    grad = torch.tensor([1.0, 2.0, 1e-8]).view(3, 1, 1, 1).expand(3, 1, 2, 2).contiguous()
+    prob = torch.tensor([0.1, 0.9, 0.5], dtype=torch.float64)
+    out = ascent_step(images, grad, prob, AscentSettings(max_lr=1e6), (0.0, 1.0))
+    progress = ((out - images) * grad).flatten(1).sum(1)  # what a first-order model predicts
+    assert progress[0].item() == pytest.approx(0.03, rel=1e-4)  # early: 0.03 < 0.1 * 0.9
+    assert progress[1].item() == pytest.approx(0.01, rel=1e-4)  # late: 0.1 * (1 - 0.9)
+    assert torch.allclose(
+        out[2], torch.full((1, 2, 2), 0.5 + 1e6 * 1e-8)
+    )  # tiny gradient: lr capped at max_lr
+
+
+def test_ascent_step_decays_towards_the_centre_and_clips() -> None:
+    images = torch.tensor([0.9, 0.1, 0.5]).view(3, 1, 1, 1)
+    grad = torch.tensor([0.0, 0.0, 1e-3]).view(3, 1, 1, 1)
+    prob = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    out = ascent_step(images, grad, prob, AscentSettings(max_lr=1e4, decay=0.5), (0.0, 1.0))
+    # no gradient: only the decay, halfway to the centre 0.5; the third moves by 1e4 * 1e-3, clipped to 1
+    assert torch.allclose(out.flatten(), torch.tensor([0.7, 0.3, 1.0]))
 
 
 # --------------------------------------------------------------------------- recognisability helpers
@@ -285,6 +330,8 @@ def test_probe_end_to_end_on_digits_cnn(small_run: Any, digits_cnn: ImageClassif
         assert list(curve) == [str(g) for g in range(SMALL["generations"] + 1)]
         values = list(curve.values())
         assert values == sorted(values)  # elitist archive: the median best confidence never drops
+        assert values[-1] > values[0]  # and each generator improves on its random start within 4 generations
+        assert values[-1] == pytest.approx(metrics[f"{name}/median_best_confidence"])
         assert metrics[f"{name}/generations"] == SMALL["generations"]
         assert set(metrics[f"{name}/best_confidence"]) == {str(k) for k in range(10)}
         assert 0 <= metrics[f"{name}/classes_fooled_9999"] <= metrics[f"{name}/classes_fooled"] <= 1
@@ -299,6 +346,13 @@ def test_probe_end_to_end_on_digits_cnn(small_run: Any, digits_cnn: ImageClassif
     records = result.records
     assert len(records) == 3 * 10 and set(records["generator"]) == set(GENERATORS)
     assert records["fooled"].equals(records["best_confidence"] >= 0.99)
+    for name in GENERATORS:
+        reached = metrics[
+            f"{name}/generations_to_threshold"
+        ]  # class -> first generation at 0.99 (None: never)
+        fooled = records.loc[records["generator"] == name, "fooled"].tolist()
+        assert [reached[str(k)] is not None for k in range(10)] == fooled
+        assert all(0 <= g <= SMALL["generations"] for g in reached.values() if g is not None)
 
     # the gallery holds the elites: re-scoring them reproduces the recorded confidences
     assert [a.title.split(":")[0] for a in result.artifacts] == list(GENERATORS)

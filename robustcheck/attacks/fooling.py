@@ -19,10 +19,12 @@ generation costs about the same for every generator. Images are made at ``model.
 Metrics (``G/`` = one generator's prefix, e.g. ``evolution-direct/classes_fooled``):
 ``G/classes_fooled`` (fraction of classes whose elite reaches ``threshold``), ``G/classes_fooled_9999``
 (at 0.9999), ``G/median_best_confidence``, ``G/best_confidence`` (class index -> confidence),
-``G/confidence_curve`` (generation -> median best confidence), ``G/median_generations_to_threshold`` and
-``G/median_seconds_to_threshold`` (over the classes that reached it), ``G/generations_to_all_fooled`` and
-``G/seconds_to_all_fooled`` (``None`` unless every class reached it; ``G/cpu_seconds_to_all_fooled`` in CPU
-seconds of the process, which a busy machine inflates less), ``G/generations_per_second``,
+``G/confidence_curve`` (generation -> median best confidence), ``G/generations_to_threshold`` and
+``G/seconds_to_threshold`` (class index -> first generation / seconds at ``threshold``, ``None``: never),
+``G/median_generations_to_threshold`` and ``G/median_seconds_to_threshold`` (over the classes that
+reached it), ``G/generations_to_all_fooled`` and ``G/seconds_to_all_fooled`` (``None`` unless every
+class reached it; ``G/cpu_seconds_to_all_fooled`` in CPU seconds of the process, which a busy machine
+inflates less), ``G/generations_per_second``,
 ``G/transfer_confidence`` (mean probability a second model gives the elite's class),
 ``G/transfer_agreement`` (fraction of elites the second model puts in the same class) and
 ``G/nearest_distance`` (mean RMS distance to the nearest real image of the class, see
@@ -31,8 +33,8 @@ classes fooled, ties broken by 0.9999, then by fewer generations), ``classes_foo
 at 0.9999), ``best_generator``, ``transfer_accuracy_on_data`` and
 ``nearest_distance_real_baseline``.
 
-Records: one row per (generator, class): best confidence, generation and seconds to ``threshold``
-and to 0.9999, transfer confidence and prediction, nearest-real-image distance. Tables: the
+Records: one row per (generator, class): best confidence, generation and seconds to ``threshold``,
+generation to 0.9999, transfer confidence and prediction, nearest-real-image distance. Tables: the
 recognisability table (one row per generator) and the per-class table. Artifacts: one gallery per
 generator, each elite captioned ``class (confidence)``.
 
@@ -59,7 +61,7 @@ from robustcheck.attacks.fooling_checks import (
     transfer_probabilities,
 )
 from robustcheck.attacks.fooling_cppn import CppnEncoding
-from robustcheck.attacks.fooling_genomes import DirectEncoding, Encoding
+from robustcheck.attacks.fooling_genomes import DirectEncoding
 from robustcheck.attacks.fooling_search import (
     AscentSettings,
     Budget,
@@ -69,7 +71,7 @@ from robustcheck.attacks.fooling_search import (
     run_map_elites,
 )
 from robustcheck.data import ImageDataset
-from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
+from robustcheck.errors import InputError, RequirementError, UsageError
 from robustcheck.models import ImageClassifier
 
 GENERATORS = ("evolution-direct", "evolution-cppn", "gradient-ascent")
@@ -80,7 +82,15 @@ CURVE_POINTS = 101
 
 @dataclass
 class Recognisability:
-    """Per-elite transfer and distance results for one generator (``NaN`` where a check was skipped)."""
+    """Per-elite checks of one generator, ``(K,)`` arrays indexed by class.
+
+    Attributes:
+        transfer_confidence: probability in [0, 1] that the second model gives the elite's class
+            (NaN: no second model).
+        transfer_prediction: the second model's class for the elite (-1: no second model).
+        nearest_distance: RMS distance, in units of the bounds' range, to the nearest real image of
+            the class (NaN: no data of the model's shape, or none of that class).
+    """
 
     transfer_confidence: np.ndarray
     transfer_prediction: np.ndarray
@@ -148,18 +158,25 @@ class FoolingProbe(Probe):
             )
 
     def generators(self) -> tuple[str, ...]:
+        """The generators the ``generator`` parameter names, in run order."""
         chosen = self.params["generator"]
         return GENERATORS if chosen == "all" else (chosen,)
+
+    def runnable_generators(self, model: ImageClassifier) -> list[str]:
+        """:meth:`generators`, less gradient ascent if ``model`` has no gradients (error if none is left)."""
+        chosen = [g for g in self.generators() if g != "gradient-ascent" or model.gradients != "none"]
+        if not chosen:
+            raise RequirementError(
+                f"probe 'fooling' with generator 'gradient-ascent' needs gradients, which model {model.name!r} does not offer"
+            )
+        return chosen
 
     def check_requirements(self, model: ImageClassifier) -> None:
         if getattr(model, "is_captioner", False):
             raise RequirementError(
                 f"probe 'fooling' needs an image classifier; model {model.name!r} is a captioner"
             )
-        if self.params["generator"] == "gradient-ascent" and model.gradients == "none":
-            raise RequirementError(
-                f"probe 'fooling' with generator 'gradient-ascent' needs gradients, which model {model.name!r} does not offer"
-            )
+        self.runnable_generators(model)
         super().check_requirements(model)
 
     # -- running -------------------------------------------------------------------------------
@@ -167,11 +184,7 @@ class FoolingProbe(Probe):
         shape = self._image_shape(model, data)
         num_classes = self._num_classes(model, shape)
         thresholds = sorted({float(self.params["threshold"]), STRICT_THRESHOLD})
-        chosen = [g for g in self.generators() if not (g == "gradient-ascent" and model.gradients == "none")]
-        if not chosen:
-            raise RequirementError(
-                f"probe 'fooling': generator 'gradient-ascent' needs gradients, which model {model.name!r} does not offer"
-            )
+        chosen = self.runnable_generators(model)
         # resolved before the search: a bad transfer-model spec fails at once
         transfer = self._transfer_model(model, num_classes)
         advance = _progress(context, len(data), len(chosen) * (self.params["generations"] + 1))
@@ -199,17 +212,22 @@ class FoolingProbe(Probe):
         return int(model.predict(torch.full((1, *shape), 0.5 * (low + high))).shape[1])
 
     def _rng(self, seed: int, generator: str) -> torch.Generator:
-        """A generator per search: seeded by the run's seed and the search's name (stable across runs)."""
-        return torch.Generator().manual_seed(seed * 1000 + GENERATORS.index(generator))
+        """A generator per search, seeded by the run's seed and the search's name, so that a search
+        draws the same numbers whichever other generators run (reduced to torch's 64-bit seed range)."""
+        return torch.Generator().manual_seed((seed * 1000 + GENERATORS.index(generator)) % 2**64)
 
-    def encoding(self, generator: str, shape: tuple[int, int, int], bounds: tuple[float, float]) -> Encoding:
-        """The genome encoding of an evolutionary generator, configured from the parameters."""
+    def encoding(
+        self, generator: str, shape: tuple[int, int, int], bounds: tuple[float, float]
+    ) -> DirectEncoding | CppnEncoding:
+        """The genome encoding of an evolutionary generator, images ``shape`` ``(C, H, W)`` in ``bounds``."""
         p = self.params
         if generator == "evolution-direct":
             return DirectEncoding(
                 shape, bounds, p["mutation_rate"], p["mutation_eta"], p["crossover_rate"], p["crossover_eta"]
             )
-        return CppnEncoding(shape, bounds, max_hidden=p["cppn_max_hidden"])
+        if generator == "evolution-cppn":
+            return CppnEncoding(shape, bounds, max_hidden=p["cppn_max_hidden"])
+        raise ValueError(f"{generator!r} is not an evolutionary generator (no genome encoding)")
 
     def _search(
         self,
@@ -257,7 +275,8 @@ class FoolingProbe(Probe):
 
     # -- recognisability -----------------------------------------------------------------------
     def _transfer_model(self, model: ImageClassifier, num_classes: int) -> ImageClassifier | None:
-        from robustcheck.loading import load_model
+        """The second model of the transfer check (``None``: none), loaded and checked against ``model``."""
+        from robustcheck.loading import load_model  # at call time: loading imports the plugin registry
 
         spec = self.params["transfer_model"]
         if spec == "auto":
@@ -276,6 +295,7 @@ class FoolingProbe(Probe):
         transfer: ImageClassifier | None,
         same_shape: bool,
     ) -> Recognisability:
+        """Transfer to the second model and distance to the real images of the data, for each elite."""
         count = len(trace.best)
         classes = torch.arange(count)
         confidence = np.full(count, np.nan)
@@ -312,17 +332,14 @@ class FoolingProbe(Probe):
         chosen: list[str],
         transfer: ImageClassifier | None,
     ) -> ProbeResult:
-        if not traces or not traces[0].curve:
-            raise ProbeTimeout("time budget spent before the first generation finished")
         threshold = float(self.params["threshold"])
         same_shape = len(data) > 0 and tuple(data.shape) == tuple(traces[0].images.shape[1:])
         metrics: dict[str, Any] = {}
         rows: list[dict[str, Any]] = []
-        checks: dict[str, Recognisability] = {}
         for trace in traces:
-            checks[trace.generator] = self._recognisability(trace, model, data, transfer, same_shape)
-            metrics.update(_generator_metrics(trace, checks[trace.generator], threshold))
-            rows.extend(_generator_rows(trace, checks[trace.generator], threshold, model))
+            check = self._recognisability(trace, model, data, transfer, same_shape)
+            metrics.update(_generator_metrics(trace, check, threshold))
+            rows.extend(_generator_rows(trace, check, threshold, model))
         best = max(traces, key=lambda t: _rank(metrics, t.generator))
         classes_fooled = metrics[f"{best.generator}/classes_fooled"]
         metrics.update(
@@ -345,11 +362,8 @@ class FoolingProbe(Probe):
         if "gradient-ascent" in self.generators() and "gradient-ascent" not in chosen:
             metrics["gradient-ascent/skipped"] = "model offers no gradients"
         status, message = "ok", ""
-        unfinished = [
-            g
-            for g in chosen
-            if g not in {t.generator for t in traces} or _trace(traces, g).stopped == "deadline"
-        ]
+        # the run's deadline stops the generator it interrupts and the ones that never started
+        unfinished = [t.generator for t in traces if t.stopped == "deadline"] + chosen[len(traces) :]
         if unfinished:
             status, message = "timeout", f"time budget spent; unfinished generators: {', '.join(unfinished)}"
         return ProbeResult(
@@ -358,7 +372,7 @@ class FoolingProbe(Probe):
             pd.DataFrame(rows),
             [_gallery(t, model) for t in traces],
             tables=[
-                _transfer_table(traces, metrics, checks, threshold),
+                _transfer_table(traces, metrics, threshold),
                 _class_table(traces, model, threshold),
             ],
             status=status,
@@ -376,10 +390,6 @@ def _rank(metrics: dict[str, Any], generator: str) -> tuple[float, float, float,
         -all_fooled if all_fooled is not None else -math.inf,
         metrics[f"{generator}/median_best_confidence"],
     )
-
-
-def _trace(traces: list[SearchTrace], generator: str) -> SearchTrace:
-    return next(t for t in traces if t.generator == generator)
 
 
 def _progress(context: RunContext, total_units: int, total_generations: int) -> Callable[[], None]:
@@ -406,46 +416,48 @@ def _curve(trace: SearchTrace) -> dict[str, float]:
     return {str(g): trace.curve[g] for g in kept}
 
 
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
+def _finite_or_none(value: float) -> float | None:
+    """``value`` as a JSON number; ``None`` for NaN (a check that was skipped, a threshold never reached)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _summary(values: np.ndarray, where: np.ndarray, how: Callable[[np.ndarray], Any]) -> float | None:
+    """``how`` (``np.median``, ``np.mean``, ...) of ``values[where]``; ``None`` where nothing is selected."""
+    return float(how(values[where])) if where.any() else None
 
 
 def _generator_metrics(trace: SearchTrace, check: Recognisability, threshold: float) -> dict[str, Any]:
-    name = trace.generator
+    """The metrics of one generator, keyed ``"<generator>/<metric>"`` (see the module docstring)."""
     best = trace.best.numpy()
-    reached = trace.first_generation[threshold].numpy()
-    seconds = trace.first_seconds[threshold].numpy()
+    reached = trace.first_generation[threshold].numpy()  # (K,) generation, -1 = never
+    seconds = trace.first_seconds[threshold].numpy()  # (K,) seconds, NaN = never
     fooled = reached >= 0
-    return {
-        f"{name}/classes_fooled": float(fooled.mean()),
-        f"{name}/classes_fooled_9999": float((trace.first_generation[STRICT_THRESHOLD] >= 0).double().mean()),
-        f"{name}/median_best_confidence": float(np.median(best)),
-        f"{name}/best_confidence": {str(k): float(v) for k, v in enumerate(best)},
-        f"{name}/confidence_curve": _curve(trace),
-        f"{name}/median_generations_to_threshold": float(np.median(reached[fooled]))
-        if fooled.any()
-        else None,
-        f"{name}/median_seconds_to_threshold": float(np.median(seconds[fooled])) if fooled.any() else None,
-        f"{name}/generations_to_all_fooled": int(reached.max()) if fooled.all() else None,
-        f"{name}/seconds_to_all_fooled": float(seconds.max()) if fooled.all() else None,
-        f"{name}/cpu_seconds_to_all_fooled": float(trace.first_cpu_seconds[threshold].max())
-        if fooled.all()
-        else None,
-        f"{name}/generations": trace.generations,
-        f"{name}/seconds": trace.seconds,
-        f"{name}/cpu_seconds": trace.cpu_seconds,
-        f"{name}/generations_per_second": (trace.generations + 1) / trace.seconds
-        if trace.seconds > 0
-        else None,
-        f"{name}/stopped": trace.stopped,
-        f"{name}/transfer_confidence": _nan_to_none(float(np.mean(check.transfer_confidence))),
-        f"{name}/transfer_agreement": None
-        if np.isnan(check.transfer_confidence).all()
-        else float((check.transfer_prediction == np.arange(len(best))).mean()),
-        f"{name}/nearest_distance": _nan_to_none(float(np.nanmean(check.nearest_distance)))
-        if not np.isnan(check.nearest_distance).all()
-        else None,
+    every = fooled if fooled.all() else np.zeros_like(fooled)  # "to all fooled" needs every class
+    transferred = ~np.isnan(check.transfer_confidence)
+    agreed = (check.transfer_prediction == np.arange(len(best))).astype(np.float64)
+    metrics: dict[str, Any] = {
+        "classes_fooled": float(fooled.mean()),
+        "classes_fooled_9999": float((trace.first_generation[STRICT_THRESHOLD] >= 0).double().mean()),
+        "median_best_confidence": float(np.median(best)),
+        "best_confidence": {str(k): float(v) for k, v in enumerate(best)},
+        "generations_to_threshold": {str(k): int(g) if g >= 0 else None for k, g in enumerate(reached)},
+        "seconds_to_threshold": {str(k): _finite_or_none(t) for k, t in enumerate(seconds)},
+        "confidence_curve": _curve(trace),
+        "median_generations_to_threshold": _summary(reached, fooled, np.median),
+        "median_seconds_to_threshold": _summary(seconds, fooled, np.median),
+        "generations_to_all_fooled": int(reached.max()) if fooled.all() else None,
+        "seconds_to_all_fooled": _summary(seconds, every, np.max),
+        "cpu_seconds_to_all_fooled": _summary(trace.first_cpu_seconds[threshold].numpy(), every, np.max),
+        "generations": trace.generations,
+        "seconds": trace.seconds,
+        "cpu_seconds": trace.cpu_seconds,
+        "generations_per_second": (trace.generations + 1) / trace.seconds if trace.seconds > 0 else None,
+        "stopped": trace.stopped,
+        "transfer_confidence": _summary(check.transfer_confidence, transferred, np.mean),
+        "transfer_agreement": _summary(agreed, transferred, np.mean),
+        "nearest_distance": _summary(check.nearest_distance, ~np.isnan(check.nearest_distance), np.mean),
     }
+    return {f"{trace.generator}/{key}": value for key, value in metrics.items()}
 
 
 def _generator_rows(
@@ -463,14 +475,14 @@ def _generator_rows(
                 "best_confidence": confidence,
                 "fooled": reached >= 0,
                 "generations_to_threshold": reached if reached >= 0 else None,
-                "seconds_to_threshold": _nan_to_none(float(trace.first_seconds[threshold][k])),
+                "seconds_to_threshold": _finite_or_none(float(trace.first_seconds[threshold][k])),
                 "fooled_9999": strict >= 0,
                 "generations_to_9999": strict if strict >= 0 else None,
-                "transfer_confidence": _nan_to_none(float(check.transfer_confidence[k])),
+                "transfer_confidence": _finite_or_none(float(check.transfer_confidence[k])),
                 "transfer_prediction": int(check.transfer_prediction[k])
                 if check.transfer_prediction[k] >= 0
                 else None,
-                "nearest_distance": _nan_to_none(float(check.nearest_distance[k])),
+                "nearest_distance": _finite_or_none(float(check.nearest_distance[k])),
             }
         )
     return rows
@@ -484,9 +496,7 @@ def _gallery(trace: SearchTrace, model: ImageClassifier) -> Artifact:
     return Artifact(f"{trace.generator}: best image per class", [img.numpy() for img in images], captions)
 
 
-def _transfer_table(
-    traces: list[SearchTrace], metrics: dict[str, Any], checks: dict[str, Recognisability], threshold: float
-) -> Table:
+def _transfer_table(traces: list[SearchTrace], metrics: dict[str, Any], threshold: float) -> Table:
     """One row per generator: fooling rate, transfer to the second model, distance to real images."""
     rows = []
     for trace in traces:
@@ -529,7 +539,9 @@ def _class_table(traces: list[SearchTrace], model: ImageClassifier, threshold: f
         reached = trace.first_generation[threshold]
         frame[f"{trace.generator} confidence"] = trace.best.tolist()
         frame[f"{trace.generator} generation"] = [int(g) if g >= 0 else None for g in reached.tolist()]
-        frame[f"{trace.generator} seconds"] = [_nan_to_none(float(t)) for t in trace.first_seconds[threshold]]
+        frame[f"{trace.generator} seconds"] = [
+            _finite_or_none(float(t)) for t in trace.first_seconds[threshold]
+        ]
     note = (
         f"Best confidence per class, and the generation (0 = the random start) and wall-clock seconds from the "
         f"generator's start at which the class first reached {threshold:g} (empty: never)."

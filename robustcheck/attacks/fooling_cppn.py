@@ -148,10 +148,8 @@ class CppnEncoding:
         activation = torch.randint(len(ACTIVATIONS), (n, slots), generator=rng)
         return CppnPopulation(weight, enabled, active, activation)
 
-    def offspring(self, parents: TensorBatch, rng: torch.Generator) -> CppnPopulation:
+    def offspring(self, parents: CppnPopulation, rng: torch.Generator) -> CppnPopulation:
         """Mutated copies of ``parents`` (the CPPN encoding uses mutation only)."""
-        if not isinstance(parents, CppnPopulation):
-            raise TypeError(f"expected a CppnPopulation, got {type(parents).__name__}")
         child = parents.take(torch.arange(len(parents)))
         self._mutate_weights(child, rng)
         self._mutate_activations(child, rng)
@@ -161,14 +159,12 @@ class CppnEncoding:
         self._delete_node(child, rng)
         return child
 
-    def render(self, population: TensorBatch) -> torch.Tensor:
+    def render(self, population: CppnPopulation) -> torch.Tensor:
         """Evaluate every CPPN at every pixel: images ``(P, C, H, W)`` = ``|output|`` scaled into the bounds.
 
         Genomes are rendered in chunks whose node values take at most :data:`RENDER_VALUES` floats
         (a population of 400 CPPNs at 224 x 224 would otherwise need ~2 GB at once).
         """
-        if not isinstance(population, CppnPopulation):
-            raise TypeError(f"expected a CppnPopulation, got {type(population).__name__}")
         pixels = self.shape[1] * self.shape[2]
         chunk = max(1, RENDER_VALUES // (self.num_slots * pixels))
         if len(population) <= chunk:
@@ -180,6 +176,7 @@ class CppnEncoding:
         return torch.cat(parts)
 
     def _render_chunk(self, population: CppnPopulation) -> torch.Tensor:
+        """:meth:`render` for one chunk: every node slot in order, all genomes and pixels at once."""
         count, slots = len(population), self.num_slots
         channels, height, width = self.shape
         values = torch.zeros(count, slots, height * width)  # (P, N, H*W): every node's value at every pixel

@@ -5,17 +5,18 @@ population dimension ``P``, so selection (``take``) and archive replacement (``r
 same for every encoding. An *encoding* makes random populations, offspring of parents and renders
 genomes to images ``(P, C, H, W)`` within the model's bounds (see :class:`Encoding`).
 
-Direct encoding (Nguyen, Yosinski & Clune 2015, after their Sferes code): genes are the pixel values,
-initialised uniformly within the bounds; each gene mutates with probability ``rate`` by bounded
-polynomial mutation (Deb; distribution index 15); parents are optionally paired by simulated binary
-crossover (SBX, index 10, each gene crossed with probability 0.5).
+Direct encoding (Nguyen, Yosinski & Clune 2015): genes are the pixel values, initialised uniformly
+within the bounds; each gene mutates with probability 0.1 by polynomial mutation with distribution
+index 15, clipped to the bounds (as in the authors' Sferes code); pairs of parents are optionally
+crossed first by simulated binary crossover (SBX, index 10, each gene of a crossed pair crossed with
+probability 0.5), which their code has and the paper does not mention.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 import torch
 
@@ -31,7 +32,7 @@ class TensorBatch:
         """The genomes at ``index`` (``(n,)`` int64, repeats allowed), copied."""
         return type(self)(**{f.name: getattr(self, f.name)[index].clone() for f in dataclasses.fields(self)})
 
-    def replace(self, rows: torch.Tensor, source: TensorBatch, source_rows: torch.Tensor) -> Self:
+    def replace(self, rows: torch.Tensor, source: Self, source_rows: torch.Tensor) -> Self:
         """A copy where genome ``rows[i]`` is replaced by ``source``'s genome ``source_rows[i]``."""
         out = {}
         for f in dataclasses.fields(self):
@@ -41,68 +42,42 @@ class TensorBatch:
         return type(self)(**out)
 
 
-class Encoding(Protocol):
-    """What the MAP-Elites loop needs from a genome encoding."""
+#: the population type of an encoding
+PopulationT = TypeVar("PopulationT", bound=TensorBatch)
 
-    def random(self, n: int, rng: torch.Generator) -> TensorBatch:
+
+class Encoding(Protocol[PopulationT]):
+    """What the MAP-Elites loop needs from a genome encoding whose populations are ``PopulationT``."""
+
+    def random(self, n: int, rng: torch.Generator) -> PopulationT:
         """``n`` random genomes."""
         ...
 
-    def offspring(self, parents: TensorBatch, rng: torch.Generator) -> TensorBatch:
+    def offspring(self, parents: PopulationT, rng: torch.Generator) -> PopulationT:
         """One child per parent (crossover of consecutive pairs where supported, then mutation)."""
         ...
 
-    def render(self, population: TensorBatch) -> torch.Tensor:
+    def render(self, population: PopulationT) -> torch.Tensor:
         """Images ``(P, C, H, W)`` float32 within the encoding's bounds."""
         ...
-
-
-def sample_positions(count: int, rate: float, rng: torch.Generator) -> torch.Tensor:
-    """Sorted int64 positions in ``[0, count)``, each included independently with probability ``rate``.
-
-    Draws the gaps of the Bernoulli process (geometric on 1, 2, ...) instead of one uniform number
-    per position: about ``rate * count`` draws, which is what makes mutating 10% of a population's
-    genes cheap next to the forward pass.
-    """
-    if count <= 0 or rate <= 0:
-        return torch.empty(0, dtype=torch.int64)
-    if rate >= 1:
-        return torch.arange(count)
-    parts, last = [], -1.0  # positions are float64 integers until the end (exact far beyond any count)
-    while last < count:
-        expected = int((count - last) * rate * 1.1) + 16
-        positions = last + torch.empty(expected, dtype=torch.float64).geometric_(rate, generator=rng).cumsum(
-            0
-        )
-        parts.append(positions)
-        last = float(positions[-1])
-    positions = torch.cat(parts)
-    return positions[positions < count].long()
 
 
 def polynomial_mutation(
     genes: torch.Tensor, rate: float, eta: float, low: float, high: float, rng: torch.Generator
 ) -> torch.Tensor:
-    """Bounded polynomial mutation (Deb & Goyal 1996, as in NSGA-II): a mutated copy of ``genes``.
+    """Polynomial mutation (Deb & Goyal 1996) as the authors' Sferes code applies it: a mutated copy.
 
-    Each value in ``genes`` (any shape, within ``[low, high]``) mutates independently with probability
-    ``rate``; the perturbation follows the polynomial distribution with index ``eta`` (larger = smaller
-    steps), shaped by the distances to both bounds so the result stays in ``[low, high]`` (it is also
-    clipped against rounding).
+    Each value of ``genes`` (any shape, within ``[low, high]``) mutates independently with probability
+    ``rate``: it moves by ``delta * (high - low)``, ``delta`` in ``(-1, 1)`` drawn from the polynomial
+    distribution with index ``eta`` (larger = smaller steps; the median ``|delta|`` is
+    ``1 - 2^(-1 / (eta + 1))``, 0.042 at ``eta`` 15), and is then clipped to ``[low, high]``.
     """
-    span = high - low
-    out = genes.clone(memory_format=torch.contiguous_format)  # flat view below needs contiguous memory
-    flat = out.view(-1)
-    where = sample_positions(flat.numel(), rate, rng)
-    chosen = flat[where]  # only the mutating genes pay for the (costly) powers below
-    u = torch.rand(chosen.shape, generator=rng, dtype=chosen.dtype)
-    below = (chosen - low) / span  # delta1: distance to the lower bound, in spans
-    above = (high - chosen) / span  # delta2
+    mutate = torch.rand(genes.shape, generator=rng) < rate
+    u = torch.rand(int(mutate.sum()), generator=rng, dtype=genes.dtype)
     power = 1.0 / (eta + 1.0)
-    left = 2.0 * u + (1.0 - 2.0 * u) * (1.0 - below) ** (eta + 1.0)
-    right = 2.0 * (1.0 - u) + 2.0 * (u - 0.5) * (1.0 - above) ** (eta + 1.0)
-    delta = torch.where(u < 0.5, left.clamp_min(0.0) ** power - 1.0, 1.0 - right.clamp_min(0.0) ** power)
-    flat[where] = (chosen + delta * span).clamp(low, high)
+    delta = torch.where(u < 0.5, (2.0 * u) ** power - 1.0, 1.0 - (2.0 * (1.0 - u)) ** power)
+    out = genes.clone()
+    out[mutate] = (genes[mutate] + delta * (high - low)).clamp(low, high)
     return out
 
 
@@ -155,13 +130,12 @@ class DirectEncoding:
     crossover_eta: float = 10.0
 
     def random(self, n: int, rng: torch.Generator) -> DirectPopulation:
+        """``n`` images of independent uniform pixel values within the bounds."""
         low, high = self.bounds
         return DirectPopulation(low + (high - low) * torch.rand((n, *self.shape), generator=rng))
 
-    def offspring(self, parents: TensorBatch, rng: torch.Generator) -> DirectPopulation:
+    def offspring(self, parents: DirectPopulation, rng: torch.Generator) -> DirectPopulation:
         """Cross consecutive parent pairs (0-1, 2-3, ...) with probability ``crossover_rate``, then mutate all."""
-        if not isinstance(parents, DirectPopulation):
-            raise TypeError(f"expected a DirectPopulation, got {type(parents).__name__}")
         low, high = self.bounds
         genes = parents.genes.clone()
         pairs = len(genes) // 2
@@ -175,7 +149,6 @@ class DirectEncoding:
             polynomial_mutation(genes, self.mutation_rate, self.mutation_eta, low, high, rng)
         )
 
-    def render(self, population: TensorBatch) -> torch.Tensor:
-        if not isinstance(population, DirectPopulation):
-            raise TypeError(f"expected a DirectPopulation, got {type(population).__name__}")
+    def render(self, population: DirectPopulation) -> torch.Tensor:
+        """The genes are the images: ``(P, C, H, W)`` within the bounds."""
         return population.genes

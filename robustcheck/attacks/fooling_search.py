@@ -12,11 +12,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic
 
 import torch
 
 from robustcheck.api import RunContext
-from robustcheck.attacks.fooling_genomes import Encoding, TensorBatch
+from robustcheck.attacks.fooling_genomes import Encoding, PopulationT
 from robustcheck.errors import ProbeTimeout
 from robustcheck.models import ImageClassifier
 
@@ -38,7 +39,7 @@ def batched_evaluator(model: ImageClassifier, batch_size: int) -> Evaluator:
 
 
 @dataclass
-class EliteArchive:
+class EliteArchive(Generic[PopulationT]):
     """MAP-Elites archive with one cell per class, each holding the genome most confident for its class.
 
     Attributes:
@@ -48,14 +49,15 @@ class EliteArchive:
     """
 
     fitness: torch.Tensor
-    genomes: TensorBatch | None = None
+    genomes: PopulationT | None = None
     images: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, num_classes: int) -> EliteArchive:
+    def empty(cls, num_classes: int) -> EliteArchive[PopulationT]:
+        """An archive of ``num_classes`` empty cells."""
         return cls(torch.full((num_classes,), -math.inf, dtype=torch.float64))
 
-    def update(self, children: TensorBatch, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    def update(self, children: PopulationT, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """Let each child take every cell whose class probability it beats; ``probs`` is ``(P, K)``.
 
         Where several children beat a cell, the most confident (the first on ties) takes it, which
@@ -72,7 +74,7 @@ class EliteArchive:
         self.fitness = torch.where(better, best, self.fitness)
         return better
 
-    def sample_parents(self, count: int, rng: torch.Generator) -> TensorBatch:
+    def sample_parents(self, count: int, rng: torch.Generator) -> PopulationT:
         """``count`` parents drawn uniformly over cells (an elite owning k cells is k times as likely)."""
         if self.genomes is None:
             raise RuntimeError("the archive is empty: update it with a first population before sampling")
@@ -124,14 +126,18 @@ class _Recorder:
         self.generation = 0
 
     def elapsed(self) -> float:
+        """Wall-clock seconds since the search started."""
         return time.perf_counter() - self.start
 
     def cpu_elapsed(self) -> float:
+        """CPU seconds of this process since the search started."""
         return time.process_time() - self.cpu_start
 
     def record(self, generation: int, fitness: torch.Tensor) -> None:
+        """Note the best probability per class ``fitness`` ``(K,)`` float64 after ``generation``."""
         self.generation = generation
-        self.curve[generation] = float(fitness.median())
+        # quantile, not median: torch's median of an even count is the lower middle value, not their mean
+        self.curve[generation] = float(fitness.quantile(0.5))
         seconds, cpu_seconds = self.elapsed(), self.cpu_elapsed()
         for threshold, first in self.first_generation.items():
             new = (fitness >= threshold) & (first < 0)
@@ -140,18 +146,19 @@ class _Recorder:
             self.first_cpu_seconds[threshold][new] = cpu_seconds
 
     def finish(self, best: torch.Tensor, images: torch.Tensor, stopped: str) -> SearchTrace:
+        """The trace of the search: ``best`` ``(K,)`` and ``images`` ``(K, C, H, W)`` are the elites."""
         return SearchTrace(
-            self.generator,
-            best.clone(),
-            images.clone(),
-            self.curve,
-            self.first_generation,
-            self.first_seconds,
-            self.first_cpu_seconds,
-            self.generation,
-            self.elapsed(),
-            self.cpu_elapsed(),
-            stopped,
+            generator=self.generator,
+            best=best.clone(),
+            images=images.clone(),
+            curve=self.curve,
+            first_generation=self.first_generation,
+            first_seconds=self.first_seconds,
+            first_cpu_seconds=self.first_cpu_seconds,
+            generations=self.generation,
+            seconds=self.elapsed(),
+            cpu_seconds=self.cpu_elapsed(),
+            stopped=stopped,
         )
 
 
@@ -168,6 +175,7 @@ class Budget:
     context: RunContext
 
     def stop_reason(self, elapsed: float) -> str | None:
+        """``"time_budget"``, ``"deadline"`` or ``None`` (go on) after ``elapsed`` seconds of the search."""
         if self.time_budget is not None and elapsed >= self.time_budget:
             return "time_budget"
         try:
@@ -179,7 +187,7 @@ class Budget:
 
 def run_map_elites(
     generator: str,
-    encoding: Encoding,
+    encoding: Encoding[PopulationT],
     evaluate: Evaluator,
     *,
     num_classes: int,
@@ -193,7 +201,7 @@ def run_map_elites(
     """MAP-Elites with one cell per class: score a random population, then for each generation draw
     ``population`` parents uniformly from the archive, make children and let each take the cells it beats."""
     recorder = _Recorder(generator, num_classes, thresholds)
-    archive = EliteArchive.empty(num_classes)
+    archive: EliteArchive[PopulationT] = EliteArchive.empty(num_classes)
     children = encoding.random(population, rng)
     stopped = "generations"
     for generation in range(generations + 1):
