@@ -1,0 +1,399 @@
+"""The verification engine: attack, then bounds, then an exact solver on the residual, per property.
+
+1. **Attack** (stage ``attack``): PGD inside the input box (plus the manipulation grid points when there are
+   few) on the *float32* model; any point that violates the property there is a counterexample.
+2. **Bounds** (stage ``bounds``): interval + CROWN bounds on every pre-activation; a disjunct ``A y <= c`` is
+   impossible when some row's lower bound exceeds ``c + tol``, where ``tol = |A| err`` and ``err`` bounds the
+   float32 model's deviation from the real-valued network (:func:`~robustcheck.verifiers.network.float32_error`).
+   Proving with this margin makes SAFE hold for the float32 model too, not only for its real-valued idealisation.
+3. **Solver** (stage ``z3`` or ``milp``): one query per remaining disjunct (one per competing class), stable ReLUs
+   fixed, unstable ones split (:mod:`robustcheck.verifiers.encoding`). The query asks for ``A y <= c + tol``:
+   unsat proves the disjunct with the float margin. A solver point is rounded to float32 (inside the box) and
+   re-run on the float32 model: it is reported UNSAFE only if it violates the property there (for classification:
+   another class strictly above the true one). Otherwise a second query asks for ``A y <= c - tol`` (a violation
+   beyond any float error): unsat means the property only fails within rounding distance of the decision
+   boundary (UNKNOWN, "boundary"); a point found is re-run again.
+   With ``branching`` (default) each Z3 query runs inside a branch and bound over the unstable ReLUs
+   (:func:`~robustcheck.verifiers.encoding.z3_branch_and_bound`): CROWN closes most sub-domains, the corner that
+   minimises a sub-domain's linear bound is tried as a solution, and Z3 decides the leaves (every ReLU fixed).
+
+Every property has a deadline: solver queries get what is left, and a spent deadline yields UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustcheck.verifiers import encoding
+from robustcheck.verifiers.bounds import LayerBounds, compute_bounds, output_lower
+from robustcheck.verifiers.network import Network, spec_error
+from robustcheck.verifiers.vnnlib import Property
+
+STATUSES = ("safe", "unsafe", "unknown", "error")
+ENGINES = ("z3", "milp")
+
+
+@dataclass
+class Options:
+    """Engine settings: solver ``engine``, bound ``bounds`` method, per-property ``timeout`` (seconds), PGD effort,
+    and what SAFE means (``semantics``)."""
+
+    engine: str = "z3"
+    bounds: str = "crown"
+    timeout: float = 30.0
+    pgd_steps: int = 40
+    pgd_restarts: int = 3
+    seed: int = 0
+    use_attack: bool = True
+    #: "float32": proofs keep a rigorous margin for the float32 model's rounding (SAFE holds for the float32
+    #: model); "real": the real-valued network with the float32 weights (VNN-COMP's semantics).
+    semantics: str = "float32"
+    #: Z3 engine: branch and bound over unstable ReLUs (CROWN on each sub-domain, Z3 on the leaves) instead of
+    #: one monolithic query with a case split per unstable ReLU.
+    branching: bool = True
+
+
+@dataclass
+class Outcome:
+    """Verdict on one property.
+
+    Attributes:
+        status: ``safe`` / ``unsafe`` / ``unknown`` / ``error``.
+        stage: what decided: ``attack``, ``bounds``, ``z3``, ``milp`` (or ``timeout`` / ``boundary`` notes in
+            ``message`` for unknowns).
+        counterexample: flat float32 input that violates the property on the float32 model (``unsafe`` only).
+        output: the float32 model's outputs at the counterexample.
+        unstable: ReLUs whose sign the bounds left open.
+        stage_seconds: time spent per stage.
+    """
+
+    status: str
+    stage: str
+    seconds: float = 0.0
+    counterexample: np.ndarray | None = None
+    output: np.ndarray | None = None
+    unstable: int = 0
+    message: str = ""
+    queries: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class FloatModel:
+    """The model the verdicts are about, evaluated as-is (float32 torch), on flat inputs ``(B, n)``.
+
+    ``fn`` maps a float tensor ``(B, n)`` to outputs ``(B, K)`` (differentiable for PGD); ``dtype`` is the
+    precision counterexamples are rounded to before re-validation.
+    """
+
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype = torch.float32
+    ) -> None:
+        self.fn, self.dtype = fn, dtype
+
+    @classmethod
+    def from_classifier(cls, model: Any) -> FloatModel:
+        shape = tuple(model.input_shape)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            return model(x.reshape(len(x), *shape))
+
+        model.eval()
+        return cls(fn)
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, full_shape: tuple[int, ...]) -> FloatModel:
+        """An ONNX-style module fed one input of ``full_shape`` (batch dim included when it has one)."""
+        batched = len(full_shape) >= 2 and full_shape[0] == 1
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if batched:
+                return module(x.reshape(len(x), *full_shape[1:])).reshape(len(x), -1)
+            return torch.stack([module(row.reshape(full_shape)).reshape(-1) for row in x])
+
+        return cls(fn)
+
+    @classmethod
+    def from_network(cls, net: Network) -> FloatModel:
+        """The real-valued network itself in float64 (for hidden-layer regions, where no float32 model exists)."""
+        weights = [(torch.from_numpy(a.weight), torch.from_numpy(a.bias)) for a in net.affines]
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            h = x
+            for k, (w, b) in enumerate(weights):
+                h = h @ w.T + b
+                if k < len(weights) - 1:
+                    h = torch.relu(h)
+            return h
+
+        return cls(fn, torch.float64)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.fn(torch.as_tensor(np.atleast_2d(x)).to(self.dtype)).double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Property checks on concrete points
+# ---------------------------------------------------------------------------------------------------------------
+def violation(prop: Property, y: np.ndarray) -> np.ndarray:
+    """Per row of ``y`` ``(B, K)``: ``min over disjuncts of max over rows (A y - c)`` (violated iff <= 0 / < 0)."""
+    y = np.atleast_2d(y)
+    values = [
+        np.max(y @ spec.T - rhs, axis=1) if len(spec) else np.full(len(y), -np.inf)
+        for spec, rhs in prop.disjuncts
+    ]
+    return np.min(np.stack(values), axis=0)
+
+
+def violates(prop: Property, y: np.ndarray) -> np.ndarray:
+    """Whether each output row violates the property (strictly for classification robustness)."""
+    v = violation(prop, y)
+    return v < 0 if prop.strict else v <= 0
+
+
+def round_into_box(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """``x`` rounded to ``dtype`` and moved (by at most an ulp) so that ``lo <= x <= hi`` holds in float64."""
+    low = np.asarray(lo, dtype)
+    low = np.where(low.astype(np.float64) < lo, np.nextafter(low, dtype(np.inf)), low)
+    high = np.asarray(hi, dtype)
+    high = np.where(high.astype(np.float64) > hi, np.nextafter(high, dtype(-np.inf)), high)
+    return np.clip(np.asarray(x, dtype), low, np.maximum(low, high))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 1: attack
+# ---------------------------------------------------------------------------------------------------------------
+def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.ndarray | None, deadline: float,
+               extra_points: np.ndarray | None = None) -> np.ndarray | None:  # fmt: skip
+    """PGD minimising :func:`violation` over the box; returns a validated counterexample or ``None``."""
+    lo, hi = prop.lo, prop.hi
+    if extra_points is not None and len(extra_points):
+        points = round_into_box(extra_points, lo, hi, _np_dtype(model))
+        found = np.flatnonzero(violates(prop, model(points)))
+        if len(found):
+            return points[found[0]]
+    free = hi > lo
+    if not free.any():
+        point = round_into_box(lo[None], lo, hi, _np_dtype(model))
+        return point[0] if violates(prop, model(point))[0] else None
+    gen = torch.Generator().manual_seed(options.seed)
+    lo_t, hi_t = torch.as_tensor(lo, dtype=model.dtype), torch.as_tensor(hi, dtype=model.dtype)
+    width = hi_t - lo_t
+    starts = [torch.as_tensor(start if start is not None else (lo + hi) / 2, dtype=model.dtype)]
+    starts += [
+        lo_t + width * torch.rand(len(lo), generator=gen, dtype=model.dtype)
+        for _ in range(options.pgd_restarts)
+    ]
+    x = torch.stack(starts).clamp(lo_t, hi_t)
+    steps = max(1, options.pgd_steps)
+    step_size = 2.5 * width / steps
+    specs = [
+        (torch.as_tensor(s, dtype=model.dtype), torch.as_tensor(r, dtype=model.dtype))
+        for s, r in prop.disjuncts
+        if len(s)
+    ]
+    if not specs:
+        return round_into_box(x[0].detach().numpy(), lo, hi, _np_dtype(model))
+    for _ in range(steps + 1):
+        x = x.detach().requires_grad_(True)
+        y = model.fn(x)
+        per = torch.stack([(y @ s.T - r).max(dim=1).values for s, r in specs]).min(dim=0).values
+        bad = (per < 0) if prop.strict else (per <= 0)
+        if bool(bad.any()):
+            candidate = round_into_box(
+                x[int(torch.nonzero(bad)[0, 0])].detach().double().numpy(), lo, hi, _np_dtype(model)
+            )
+            if violates(prop, model(candidate[None]))[0]:
+                return candidate
+        if time.monotonic() > deadline:
+            return None
+        (grad,) = torch.autograd.grad(per.sum(), x)
+        x = torch.max(torch.min(x.detach() - step_size * grad.sign(), hi_t), lo_t)
+    return None
+
+
+def _np_dtype(model: FloatModel) -> Any:
+    return np.float64 if model.dtype == torch.float64 else np.float32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------------------------
+class Verifier:
+    """Runs properties against one network; caches the exact-rational weights for Z3."""
+
+    def __init__(self, net: Network, model: FloatModel, options: Options | None = None) -> None:
+        self.net, self.model = net, model
+        self.options = options or Options()
+        if self.options.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.options.engine!r}: use one of {ENGINES}")
+        if self.options.semantics not in ("float32", "real"):
+            raise ValueError(f"unknown semantics {self.options.semantics!r}: use 'float32' or 'real'")
+        self._z3: encoding.Z3Network | None = None
+
+    def z3_network(self) -> encoding.Z3Network:
+        if self._z3 is None:
+            self._z3 = encoding.Z3Network(self.net)
+        return self._z3
+
+    def verify(self, prop: Property, *, start: np.ndarray | None = None, grid: np.ndarray | None = None,
+               timeout: float | None = None) -> Outcome:  # fmt: skip
+        """Decide ``prop`` within ``timeout`` seconds (default ``options.timeout``)."""
+        began = time.monotonic()
+        deadline = began + (self.options.timeout if timeout is None else timeout)
+        times: dict[str, float] = {}
+        threads = torch.get_num_threads()
+        # PGD runs on a handful of points: thread-pool hand-offs would cost more than the arithmetic
+        torch.set_num_threads(1)
+        try:
+            outcome = self._verify(prop, start, grid, deadline, times)
+        except MemoryError as exc:
+            outcome = Outcome("error", "none", message=f"out of memory: {exc}")
+        finally:
+            torch.set_num_threads(threads)
+        outcome.seconds = time.monotonic() - began
+        outcome.stage_seconds = times
+        return outcome
+
+    def _verify(self, prop: Property, start: np.ndarray | None, grid: np.ndarray | None, deadline: float,
+                times: dict[str, float]) -> Outcome:  # fmt: skip
+        opts = self.options
+        if opts.use_attack:
+            t0 = time.monotonic()
+            cex = pgd_attack(self.model, prop, opts, start, deadline, grid)
+            times["attack"] = time.monotonic() - t0
+            if cex is not None:
+                return self._unsafe(prop, cex, "attack")
+        t0 = time.monotonic()
+        bounds = compute_bounds(self.net, prop.lo, prop.hi, opts.bounds)
+        magnitudes = bounds.magnitudes(prop.lo, prop.hi)
+        # the real-valued network itself (hidden regions) or VNN-COMP semantics: no float32 margin in proofs
+        real = self.model.dtype == torch.float64 or opts.semantics == "real"
+        open_disjuncts = []
+        lowest: list[float] = []
+        for spec, rhs in prop.disjuncts:
+            if not len(spec):
+                open_disjuncts.append((spec, rhs, np.zeros(0), np.zeros(0)))
+                lowest.append(-math.inf)
+                continue
+            float_err = spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes)
+            tol = np.zeros(len(spec)) if real else float_err
+            lower = output_lower(self.net, spec, bounds, prop.lo, prop.hi, opts.bounds)
+            if not np.any(lower > rhs + tol):
+                open_disjuncts.append((spec, rhs, tol, float_err))
+                lowest.append(float(np.max(lower - rhs)))
+        times["bounds"] = time.monotonic() - t0
+        unstable = bounds.num_unstable()
+        if not open_disjuncts:
+            return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct")
+        t0 = time.monotonic()
+        try:
+            return self._solve(
+                prop, bounds, [open_disjuncts[i] for i in np.argsort(lowest)], deadline, unstable
+            )
+        finally:
+            times[opts.engine] = time.monotonic() - t0
+
+    def _query(
+        self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float
+    ) -> encoding.QueryResult:
+        if self.options.engine == "milp":
+            return encoding.milp_query(self.net, prop.lo, prop.hi, bounds, spec, rhs, seconds)
+        if self.options.branching:
+            return encoding.z3_branch_and_bound(
+                self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds
+            )
+        return encoding.z3_query(self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds)
+
+    def _solve(self, prop: Property, bounds: LayerBounds, disjuncts: list[tuple[np.ndarray, ...]],
+               deadline: float, unstable: int) -> Outcome:  # fmt: skip
+        stage = self.options.engine
+        notes: list[str] = []
+        queries = 0
+        for spec, rhs, tol, float_err in disjuncts:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                notes.append("per-property timeout")
+                break
+            if not len(spec):  # no output condition: any input in the box violates
+                point = round_into_box(prop.lo, prop.lo, prop.hi, _np_dtype(self.model))
+                return self._unsafe(prop, point, stage, unstable=unstable)
+            first = self._query(prop, bounds, spec, rhs + tol, left)
+            queries += 1
+            if first.status == "unsat":
+                continue
+            if first.status == "unknown":
+                notes.append(f"{stage} gave up (timeout)")
+                continue
+            outcome = self._revalidate(prop, first.x, stage, unstable)
+            if outcome is not None:
+                outcome.queries = queries
+                return outcome
+            left = deadline - time.monotonic()
+            if left <= 0:
+                notes.append("per-property timeout")
+                break
+            strong = self._query(prop, bounds, spec, rhs - np.maximum(float_err, 1e-9), left)
+            queries += 1
+            if strong.status == "unsat":
+                notes.append("boundary: violations exist only within float rounding of the decision boundary")
+                continue
+            if strong.status == "unknown":
+                notes.append(f"{stage} gave up (timeout)")
+                continue
+            outcome = self._revalidate(prop, strong.x, stage, unstable)
+            if outcome is not None:
+                outcome.queries = queries
+                return outcome
+            notes.append("a solver counterexample did not re-validate on the float model")
+        if notes:
+            return Outcome(
+                "unknown", stage, unstable=unstable, message="; ".join(dict.fromkeys(notes)), queries=queries
+            )
+        return Outcome(
+            "safe", stage, unstable=unstable, message=f"{stage} proves every open disjunct", queries=queries
+        )
+
+    def _revalidate(self, prop: Property, x: np.ndarray | None, stage: str, unstable: int) -> Outcome | None:
+        """UNSAFE if the solver's point, rounded into the box, violates the property on the float model."""
+        if x is None:
+            return None
+        point = round_into_box(x, prop.lo, prop.hi, _np_dtype(self.model))
+        if violates(prop, self.model(point[None]))[0]:
+            return self._unsafe(prop, point, stage, unstable=unstable)
+        return None
+
+    def _unsafe(self, prop: Property, point: np.ndarray, stage: str, unstable: int = 0) -> Outcome:
+        output = self.model(point[None])[0]
+        margin = -float(violation(prop, output[None])[0])
+        return Outcome("unsafe", stage, counterexample=point, output=output, unstable=unstable,
+                       message=f"counterexample re-validated on the float model (violation margin {margin:.3g})")  # fmt: skip
+
+
+def verify_properties(
+    verifier: Verifier, props: list[Property], timeout: float
+) -> tuple[str, Outcome | None, list[Outcome]]:
+    """A VNN-LIB file's verdict over its boxes: ``sat`` (with the counterexample's outcome), ``unsat``,
+    ``timeout`` or ``unknown``; all boxes share one ``timeout``."""
+    deadline = time.monotonic() + timeout
+    outcomes = []
+    for prop in props:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            outcomes.append(Outcome("unknown", "none", message="per-property timeout"))
+            break
+        outcome = verifier.verify(prop, timeout=left)
+        outcomes.append(outcome)
+        if outcome.status == "unsafe":
+            return "sat", outcome, outcomes
+    if all(o.status == "safe" for o in outcomes) and len(outcomes) == len(props):
+        return "unsat", None, outcomes
+    timed_out = any("timeout" in o.message for o in outcomes)
+    return ("timeout" if timed_out else "unknown"), None, outcomes

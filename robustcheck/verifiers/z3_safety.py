@@ -1,0 +1,384 @@
+"""``z3-safety``: local safety verification after Huang, Kwiatkowska, Wang & Wu, "Safety Verification of Deep
+Neural Networks" (CAV 2017), engineered to finish on real networks.
+
+For each correctly classified sample and a region around it, the verifier decides whether some point of the
+region changes the decision: SAFE (proved), UNSAFE (with a counterexample re-validated on the float32 model) or
+UNKNOWN (per-property timeout, or a violation only within float rounding of the decision boundary). The engine
+(:mod:`robustcheck.verifiers.engine`) runs PGD, then interval + CROWN bounds, then Z3 (QF_LRA, exact rational
+weights, only unstable ReLUs split, one query per competing class) or the HiGHS MILP backend on what is left.
+
+Regions (``region``): ``linf`` is the L-infinity ball of radius ``eps`` (and each of ``epsilons`` for the
+verified-vs-eps curve) clipped to the model bounds; ``manipulation`` is the paper's: ``dims`` dimensions, chosen
+by ``selection`` (``activation``: largest deviation from the layer mean; ``gradient``), each moved by up to
+``num_span`` steps of ``span``, at the input (``layer`` 0) or at hidden layer ``layer`` (its post-ReLU values).
+A hidden-layer region is verified on the rest of the network; a hidden counterexample is mapped back to an input
+by solving for a preimage, and reported UNSAFE only if that input misclassifies on the float32 model.
+
+Score: the share of correctly classified samples proved SAFE at ``eps`` (or in the manipulation region).
+Metrics: ``verified``, ``falsified``, ``unknown`` (shares of correctly classified samples), ``errors``,
+``mean_seconds`` (per property), ``clean_accuracy``, ``mean_unstable_relus``, ``verified_curve``
+(eps -> verified share) and ``stage_counts``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from robustcheck.api import Artifact, ProbeResult, RunContext, Table
+from robustcheck.api import Verifier as VerifierPlugin
+from robustcheck.data import ImageDataset
+from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
+from robustcheck.metrics import epsilon_key
+from robustcheck.models import ImageClassifier
+from robustcheck.verifiers import encoding
+from robustcheck.verifiers.bounds import compute_bounds
+from robustcheck.verifiers.engine import ENGINES, FloatModel, Options, Outcome, Verifier, round_into_box
+from robustcheck.verifiers.network import Network, from_classifier
+from robustcheck.verifiers.regions import Region, linf_box, manipulation_region
+from robustcheck.verifiers.vnnlib import robustness_property
+
+#: upper edges (seconds) of the time histogram bins in the report.
+TIME_BINS = (0.1, 1.0, 10.0, 60.0, float("inf"))
+
+
+class Z3Safety(VerifierPlugin):
+    """Z3-based local safety verification (Huang et al., CAV 2017) with PGD, CROWN bounds and exact residual queries."""
+
+    name = "z3-safety"
+    score_doc = "Share of correctly classified samples proved SAFE (no misclassification anywhere in the region) at eps."
+    defaults: ClassVar[dict[str, Any]] = {
+        "eps": 0.01,
+        "epsilons": [],
+        "timeout": 30.0,
+        "engine": "z3",
+        "bounds": "crown",
+        "region": "linf",
+        "layer": 0,
+        "dims": 4,
+        "span": 0.05,
+        "num_span": 1,
+        "selection": "activation",
+        "pgd_steps": 40,
+        "pgd_restarts": 3,
+        "semantics": "float32",
+        "branching": True,
+        "examples": 4,
+    }
+
+    def validate(self) -> None:
+        p = self.params
+        owner = f"verifier {self.name!r}"
+        if not 0 <= p["eps"] < float("inf"):
+            raise UsageError(f"{owner}: eps must be a finite non-negative number, got {p['eps']}")
+        if not all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e < float("inf")
+            for e in p["epsilons"]
+        ):
+            raise UsageError(
+                f"{owner}: epsilons must be a list of finite non-negative numbers, got {p['epsilons']}"
+            )
+        if not p["timeout"] > 0:
+            raise UsageError(f"{owner}: timeout must be positive (seconds per property), got {p['timeout']}")
+        choices = {"engine": ENGINES, "bounds": ("interval", "crown"), "region": ("linf", "manipulation"),
+                   "selection": ("activation", "gradient"), "semantics": ("float32", "real")}  # fmt: skip
+        for key, allowed in choices.items():
+            if p[key] not in allowed:
+                raise UsageError(f"{owner}: {key} must be one of {', '.join(allowed)}, got {p[key]!r}")
+        if p["layer"] < 0 or p["dims"] < 1 or p["num_span"] < 1 or not p["span"] > 0:
+            raise UsageError(f"{owner}: need layer >= 0, dims >= 1, num_span >= 1 and span > 0")
+        if p["pgd_steps"] < 0 or p["pgd_restarts"] < 0 or p["examples"] < 0:
+            raise UsageError(f"{owner}: pgd_steps, pgd_restarts and examples must be >= 0")
+
+    def check_requirements(self, model: ImageClassifier) -> None:
+        """The model must be a network the verifier can extract (raises naming the offending layer)."""
+        super().check_requirements(model)
+        try:
+            from_classifier(model)
+        except InputError as exc:
+            raise RequirementError(
+                f"verifier {self.name!r} cannot handle model {model.name!r}: {exc}"
+            ) from None
+
+    def options(self, seed: int) -> Options:
+        p = self.params
+        return Options(
+            p["engine"],
+            p["bounds"],
+            p["timeout"],
+            p["pgd_steps"],
+            p["pgd_restarts"],
+            seed,
+            True,
+            p["semantics"],
+        )
+
+    # -- running -------------------------------------------------------------------------------------------
+    def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
+        net = from_classifier(model)
+        self._bounds = model.bounds
+        verifier = Verifier(net, FloatModel.from_classifier(model), self.options(context.seed))
+        predictions = model.predict(data.x).argmax(1)
+        linf = self.params["region"] == "linf"
+        epsilons = (
+            sorted({float(self.params["eps"]), *map(float, self.params["epsilons"])})
+            if linf
+            else [float(self.params["eps"])]
+        )
+        rows: list[dict[str, Any]] = []
+        status, message = "ok", ""
+        for i in range(len(data)):
+            try:
+                context.check_time()
+            except ProbeTimeout as exc:
+                status, message = "timeout", f"{exc}: {i} of {len(data)} samples verified"
+                break
+            rows.append(self._sample(verifier, net, model, data, i, int(predictions[i]), epsilons, context))
+            context.advance(1)
+        if not rows:
+            raise ProbeTimeout("time budget spent before the first sample was verified")
+        records = pd.DataFrame(rows)
+        return self._result(model, data, records, epsilons, status, message)
+
+    def _timeout(self, context: RunContext) -> float:
+        left = self.params["timeout"]
+        if context.deadline is not None:
+            left = min(left, max(0.5, context.deadline - time.monotonic()))
+        return left
+
+    def _sample(self, verifier: Verifier, net: Network, model: ImageClassifier, data: ImageDataset, i: int, prediction: int,
+                epsilons: list[float], context: RunContext) -> dict[str, Any]:  # fmt: skip
+        label = int(data.y[i])
+        x = data.x[i].reshape(-1).double().numpy()
+        row: dict[str, Any] = {
+            "index": i,
+            "label": label,
+            "prediction": prediction,
+            "correct": prediction == label,
+        }
+        if prediction != label:
+            return {**row, "status": "misclassified", "stage": "none", "seconds": 0.0, "unstable_relus": None}
+        per_eps: dict[float, Outcome] = {}
+        found: Outcome | None = None
+        for eps in epsilons:
+            if found is not None:  # a counterexample at a smaller eps lies in every larger ball too
+                per_eps[eps] = Outcome(
+                    "unsafe",
+                    found.stage,
+                    0.0,
+                    found.counterexample,
+                    found.output,
+                    found.unstable,
+                    "from a smaller eps",
+                )
+                continue
+            outcome = self._verify_region(verifier, net, model, x, label, eps, context)
+            per_eps[eps] = outcome
+            if outcome.status == "unsafe":
+                found = outcome
+        main = per_eps[float(self.params["eps"])]
+        cex_pred = int(np.argmax(main.output)) if main.output is not None else None
+        row.update(
+            status=main.status,
+            stage=main.stage,
+            seconds=main.seconds,
+            unstable_relus=main.unstable,
+            queries=main.queries,
+            cex_prediction=cex_pred,
+            cex_linf=float(np.abs(main.counterexample - x).max())
+            if main.counterexample is not None and main.counterexample.shape == x.shape
+            else None,
+            message=main.message,
+            **{f"time_{stage}": t for stage, t in main.stage_seconds.items()},
+        )
+        row["_counterexample"] = main.counterexample
+        row["_curve"] = {epsilon_key(e): o.status for e, o in per_eps.items()}
+        row["_seconds"] = {epsilon_key(e): o.seconds for e, o in per_eps.items()}
+        return row
+
+    def _verify_region(self, verifier: Verifier, net: Network, model: ImageClassifier, x: np.ndarray, label: int, eps: float,
+                       context: RunContext) -> Outcome:  # fmt: skip
+        p = self.params
+        timeout = self._timeout(context)
+        try:
+            if p["region"] == "linf":
+                region = linf_box(x, eps, model.bounds)
+            else:
+                region = manipulation_region(net, x, label, layer=p["layer"], dims=p["dims"], span=p["span"],
+                                             num_span=p["num_span"], selection=p["selection"], bounds=model.bounds)  # fmt: skip
+            if region.layer == 0:
+                prop = robustness_property(region.lo, region.hi, label, net.num_outputs)
+                return verifier.verify(prop, start=x, grid=region.grid, timeout=timeout)
+            return self._verify_hidden(verifier, net, region, label, timeout)
+        except (InputError, UsageError):
+            raise
+        except Exception as exc:  # a solver failure on one property must not lose the others
+            return Outcome("error", "none", message=f"{type(exc).__name__}: {exc}")
+
+    def _verify_hidden(
+        self, verifier: Verifier, net: Network, region: Region, label: int, timeout: float
+    ) -> Outcome:
+        """Verify the rest of the network on a hidden-layer box; map a hidden counterexample back to an input."""
+        start = time.monotonic()
+        suffix = net.suffix(region.layer)
+        inner = Verifier(suffix, FloatModel.from_network(suffix), verifier.options)
+        prop = robustness_property(region.lo, region.hi, label, net.num_outputs, "hidden-region")
+        outcome = inner.verify(prop, start=region.center, grid=region.grid, timeout=timeout)
+        if outcome.status != "unsafe" or outcome.counterexample is None:
+            outcome.message = f"hidden layer {region.layer}: {outcome.message}"
+            return outcome
+        left = timeout - (time.monotonic() - start)
+        preimage = find_preimage(
+            net, region.layer, outcome.counterexample, verifier.options.engine, self._bounds, max(left, 0.1)
+        )
+        times = dict(outcome.stage_seconds)
+        times["preimage"] = time.monotonic() - start - sum(times.values())
+        if preimage is None:
+            return Outcome("unknown", outcome.stage, time.monotonic() - start, unstable=outcome.unstable, stage_seconds=times,
+                           message=f"hidden layer {region.layer}: counterexample found but no input preimage (or timeout)")  # fmt: skip
+        output = verifier.model(preimage[None])[0]
+        rivals = np.delete(output, label)
+        if rivals.max() > output[label]:
+            return Outcome("unsafe", outcome.stage, time.monotonic() - start, preimage, output, outcome.unstable,
+                           f"hidden layer {region.layer}: counterexample mapped back to an input", stage_seconds=times)  # fmt: skip
+        return Outcome("unknown", outcome.stage, time.monotonic() - start, unstable=outcome.unstable, stage_seconds=times,
+                       message=f"hidden layer {region.layer}: the preimage of the counterexample is classified correctly")  # fmt: skip
+
+    # -- results -------------------------------------------------------------------------------------------
+    def _result(self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, epsilons: list[float], status: str,
+                message: str) -> ProbeResult:  # fmt: skip
+        correct = records[records["correct"]]
+        n_correct = len(correct)
+
+        def share(column: pd.Series, value: str) -> float:
+            return float((column == value).sum() / n_correct) if n_correct else 0.0
+
+        curve = {}
+        for eps in epsilons:
+            key = epsilon_key(eps)
+            statuses = (
+                correct["_curve"].map(lambda c, k=key: c.get(k)) if n_correct else pd.Series(dtype=object)
+            )
+            curve[key] = share(statuses, "safe")
+        stage_counts = correct.groupby(["stage", "status"]).size() if n_correct else pd.Series(dtype=int)
+        metrics = {
+            "verified": share(correct["status"], "safe"),
+            "falsified": share(correct["status"], "unsafe"),
+            "unknown": share(correct["status"], "unknown"),
+            "errors": int((correct["status"] == "error").sum()),
+            "mean_seconds": float(correct["seconds"].mean()) if n_correct else 0.0,
+            "clean_accuracy": float(records["correct"].mean()),
+            "mean_unstable_relus": float(correct["unstable_relus"].dropna().mean()) if n_correct else 0.0,
+            "verified_curve": curve,
+            "stage_counts": {f"{stage}/{st}": int(n) for (stage, st), n in stage_counts.items()},
+            "engine": self.params["engine"],
+            "region": self.params["region"],
+            "samples": len(records),
+        }
+        artifacts = self._artifacts(model, data, records)
+        tables = [self._status_table(records), self._time_table(correct)]
+        public = records.drop(columns=[c for c in records.columns if c.startswith("_")])
+        public["curve"] = records["_curve"].map(
+            lambda c: ", ".join(f"{k}:{v}" for k, v in c.items()) if isinstance(c, dict) else ""
+        )
+        return ProbeResult(
+            metrics["verified"], metrics, public, artifacts, tables=tables, status=status, message=message
+        )
+
+    def _status_table(self, records: pd.DataFrame) -> Table:
+        columns = [
+            "index",
+            "label",
+            "prediction",
+            "status",
+            "stage",
+            "seconds",
+            "unstable_relus",
+            "cex_prediction",
+            "message",
+        ]
+        frame = records[[c for c in columns if c in records.columns]].copy()
+        frame["seconds"] = frame["seconds"].astype(float).round(3)
+        return Table("verdict per sample", frame, f"region {self.params['region']}, eps {self.params['eps']:g}, engine {self.params['engine']}; "
+                     "stage = what decided (attack: PGD found a counterexample; bounds: CROWN proved; z3 / milp: the exact solver)")  # fmt: skip
+
+    def _time_table(self, correct: pd.DataFrame) -> Table:
+        """Histogram of per-property seconds, one column per deciding stage."""
+        edges = (0.0, *TIME_BINS)
+        labels = [
+            f"{lo:g}-{hi:g} s" if hi != float("inf") else f">= {lo:g} s"
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+        ]
+        stages = sorted(correct["stage"].unique()) if len(correct) else []
+        rows = []
+        for label, lo, hi in zip(labels, edges[:-1], edges[1:], strict=True):
+            inside = correct[(correct["seconds"] >= lo) & (correct["seconds"] < hi)]
+            rows.append(
+                {"seconds": label, **{stage: int((inside["stage"] == stage).sum()) for stage in stages}}
+            )
+        return Table(
+            "time per property by deciding stage",
+            pd.DataFrame(rows),
+            "counts of correctly classified samples",
+        )
+
+    def _artifacts(self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame) -> list[Artifact]:
+        """Counterexample images next to the originals."""
+        artifacts = []
+        shape = tuple(model.input_shape or data.shape)
+        unsafe = records[(records["status"] == "unsafe") & records["_counterexample"].notna()].head(
+            self.params["examples"]
+        )
+        for _, row in unsafe.iterrows():
+            cex = np.asarray(row["_counterexample"], np.float32)
+            if cex.size != int(np.prod(shape)):
+                continue  # hidden-layer points have no image
+            i = int(row["index"])
+            image = cex.reshape(shape)
+            clean = data.x[i].numpy()
+            delta = image - clean
+            scale = float(np.abs(delta).max()) or 1.0
+            low, high = model.bounds
+            artifacts.append(
+                Artifact(
+                    f"sample {i} (label {model.label(int(row['label']))}): {row['stage']}",
+                    [(clean - low) / (high - low), (image - low) / (high - low), 0.5 + 0.5 * delta / scale],
+                    [
+                        f"original: {model.label(int(row['prediction']))}",
+                        f"counterexample: {model.label(int(row['cex_prediction']))}",
+                        f"difference x{1 / scale:.3g}",
+                    ],  # fmt: skip
+                )
+            )
+        return artifacts
+
+
+def find_preimage(
+    net: Network, layer: int, hidden: np.ndarray, engine: str, bounds: tuple[float, float], timeout: float
+) -> np.ndarray | None:
+    """A flat input in ``bounds`` whose post-ReLU activations at hidden layer ``layer`` equal ``hidden``
+    (``z = h`` where ``h > 0``, ``z <= 0`` where ``h = 0``), solved exactly on the prefix network; ``None`` if
+    there is none or the solver gave up."""
+    prefix = net.prefix(layer)
+    lo, hi = np.full(net.num_inputs, float(bounds[0])), np.full(net.num_inputs, float(bounds[1]))
+    layer_bounds = compute_bounds(prefix, lo, hi, "crown")
+    rows, rhs = [], []
+    for j, value in enumerate(hidden):
+        unit = np.zeros(prefix.num_outputs)
+        unit[j] = 1.0
+        rows.append(unit)
+        rhs.append(max(float(value), 0.0))
+        if value > 0:
+            rows.append(-unit)
+            rhs.append(-float(value))
+    spec, rhs_arr = np.array(rows), np.array(rhs)
+    if engine == "milp":
+        result = encoding.milp_query(prefix, lo, hi, layer_bounds, spec, rhs_arr, timeout)
+    else:
+        result = encoding.z3_query(encoding.Z3Network(prefix), lo, hi, layer_bounds, spec, rhs_arr, timeout)
+    if result.status != "sat" or result.x is None:
+        return None
+    return round_into_box(result.x, lo, hi)
