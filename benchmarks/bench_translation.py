@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustcheck.attacks.translation import TranslationProbe, forward_views
+from robustcheck.attacks.translation import TranslationProbe
+from robustcheck.attacks.translation_measure import forward_views
 from robustcheck.data import ImageDataset, load_data
 from robustcheck.data_formats import load_labelled_photos
 from robustcheck.loading import create_probe, load_model
@@ -112,6 +113,8 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in sides}
     results: dict[str, dict[str, Any]] = {}
+    for side in sides.values():  # warm-up (allocator, kernels), not timed: the first side would pay for it
+        measure(side, model, data.head(min(len(data), args.batch_size)), args)
     for _ in range(args.repeats):
         for name, side in sides.items():
             start = time.perf_counter()

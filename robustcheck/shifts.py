@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +28,8 @@ BORDERS = ("reflect", "replicate", "zero")
 _PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "zero": "constant"}
 #: ITU-R BT.601 luma weights (what "intensity" means for colour images here).
 LUMA = (0.299, 0.587, 0.114)
+#: multiplier in :func:`hashed_intensity`: a change of the smoothed intensity by 1 / 997 sweeps all of [0, 1).
+HASH_SCALE = 997.0
 
 Offset = tuple[int, int]
 
@@ -125,26 +126,15 @@ def centre_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def crop_at(x: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Per-sample crops ``(B, C, h, w)`` of ``x`` ``(B, C, H, W)`` at top-left ``(tops[b], lefts[b])``.
+    """Per-sample ``(h, w)`` crops of ``x`` ``(B, C, H, W)`` at top-left ``(tops[b], lefts[b])`` -> ``(B, C, h, w)``.
 
-    Differentiable in ``x`` (a gather): the gradient flows to the cropped pixels for the given offsets.
+    ``out[b, :, i, j] = x[b, :, (tops[b] + i) % H, (lefts[b] + j) % W]``: a crop inside ``x`` never wraps, and
+    a full-size ``(H, W)`` crop is a per-sample cyclic roll. Differentiable in ``x`` (a gather): the gradient
+    flows to the cropped pixels, with the offsets held fixed.
     """
-    h, w = int(size[0]), int(size[1])
-    rows = tops.view(-1, 1) + torch.arange(h, device=x.device)  # (B, h)
-    cols = lefts.view(-1, 1) + torch.arange(w, device=x.device)  # (B, w)
-    return _gather_pixels(x, rows, cols)
-
-
-def roll_at(x: torch.Tensor, rows0: torch.Tensor, cols0: torch.Tensor) -> torch.Tensor:
-    """Per-sample cyclic re-centring: ``out[b, :, i, j] = x[b, :, (rows0[b] + i) % H, (cols0[b] + j) % W]``."""
     height, width = x.shape[-2:]
-    rows = (rows0.view(-1, 1) + torch.arange(height, device=x.device)) % height
-    cols = (cols0.view(-1, 1) + torch.arange(width, device=x.device)) % width
-    return _gather_pixels(x, rows, cols)
-
-
-def _gather_pixels(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``out[b, c, i, j] = x[b, c, rows[b, i], cols[b, j]]`` for ``rows`` ``(B, h)`` and ``cols`` ``(B, w)``."""
+    rows = (tops.view(-1, 1) + torch.arange(int(size[0]), device=x.device)) % height  # (B, h)
+    cols = (lefts.view(-1, 1) + torch.arange(int(size[1]), device=x.device)) % width  # (B, w)
     batch = torch.arange(x.shape[0], device=x.device).view(-1, 1, 1)
     picked = x.permute(0, 2, 3, 1)[batch, rows.unsqueeze(2), cols.unsqueeze(1)]  # (B, h, w, C)
     return picked.permute(0, 3, 1, 2)
@@ -197,13 +187,11 @@ def local_energy(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return circular_blur((lum - circular_blur(lum, sigma)) ** 2, sigma)
 
 
-HASH_SCALE = 997.0
-
-
 def hashed_intensity(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``frac(997 * smooth_intensity)`` ``(B, H, W)`` in [0, 1): a deterministic function of local content that
-    varies like independent draws from pixel to pixel, so its argmax over a window is rarely on the window's
-    edge (the ``2 / (K + 1)`` regime). Exact for integer shifts of the same pixels; not meant to survive noise."""
+    """``frac(HASH_SCALE * smooth_intensity)`` ``(B, H, W)`` in [0, 1): a deterministic function of local
+    content that varies like independent draws from pixel to pixel, so its argmax over a window is rarely on
+    the window's edge (the ``2 / (K + 1)`` regime). Exact for integer shifts of the same pixels; not meant to
+    survive noise."""
     return torch.frac(HASH_SCALE * smooth_intensity(x, sigma))
 
 
@@ -219,41 +207,3 @@ def score_support(sigma: float, score: str) -> int:
     a value computed at least this far from the edges of the region it is computed on)."""
     radius = len(gaussian_weights(sigma)) // 2
     return 2 * radius if score == "local-energy" else radius
-
-
-# --------------------------------------------------------------------------------------------
-# Lexicographic tie-breaking (shift-equivariant)
-# --------------------------------------------------------------------------------------------
-
-
-def lexicographic_first(
-    count: int, size: int, pixels: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-) -> int:
-    """Index (in ``0..count-1``) of the candidate whose output image is lexicographically smallest.
-
-    ``pixels(alive, flat)`` returns ``(len(alive), len(flat))``: the values at flattened output positions
-    ``flat`` (``C, H, W`` order, ``size`` in all) of the outputs of candidates ``alive``. Positions are
-    compared a chunk at a time, so memory stays at ``count x chunk``. When several candidates give the
-    same output (periodic images, e.g. constant ones) the first of them is returned: any gives that output.
-    The rule depends on the outputs only, so it moves with the image (shift-equivariant tie-breaking).
-    """
-    alive = np.arange(count)
-    chunk = 256
-    for position in range(0, size, chunk):
-        if len(alive) == 1:
-            break
-        flat = torch.arange(position, min(position + chunk, size))
-        values = pixels(torch.from_numpy(alive), flat).detach().cpu().numpy()
-        for j in range(values.shape[1]):
-            column = values[:, j]
-            keep = column == column.min()
-            if not keep.all():
-                alive, values = alive[keep], values[keep]
-                if len(alive) == 1:
-                    break
-    return int(alive[0])
-
-
-# --------------------------------------------------------------------------------------------
-# Larger photos (realistic crops from real camera images)
-# --------------------------------------------------------------------------------------------

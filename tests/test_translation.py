@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustcheck.api import Table
-from robustcheck.attacks.translation import TranslationProbe, forward_views, inference, last_linear
+from robustcheck.api import RunContext, Table
+from robustcheck.attacks.translation import TranslationProbe
+from robustcheck.attacks.translation_measure import forward_views, inference, last_linear
 from robustcheck.data import ImageDataset, load_data
 from robustcheck.data_formats import load_labelled_photos
 from robustcheck.errors import InputError, ProbeTimeout, UsageError
@@ -18,6 +19,7 @@ from robustcheck.loading import create_probe, load_model
 from robustcheck.models import ImageClassifier
 from robustcheck.shifts import (
     centre_crop,
+    crop_at,
     cyclic_views,
     pad_canvas,
     shift_offsets,
@@ -67,6 +69,15 @@ def test_cyclic_shift_equals_roll() -> None:
     canvas = pad_canvas(x, 2, "zero")
     real = window_views(canvas, offsets, (7, 9))
     assert torch.equal(real[0][..., 2:-2, 2:-2], views[0][..., 2:-2, 2:-2])
+
+
+def test_crop_at_cuts_per_sample_windows_and_wraps_into_rolls() -> None:
+    x = torch.rand(2, 3, 7, 9, generator=torch.Generator().manual_seed(1))
+    crops = crop_at(x, torch.tensor([0, 2]), torch.tensor([3, 1]), (4, 5))
+    assert torch.equal(crops[0], x[0, :, 0:4, 3:8]) and torch.equal(crops[1], x[1, :, 2:6, 1:6])
+    rolled = crop_at(x, torch.tensor([-2, 5]), torch.tensor([4, -1]), (7, 9))  # full size: a roll per sample
+    assert torch.equal(rolled[0], torch.roll(x[0], (2, -4), (1, 2)))
+    assert torch.equal(rolled[1], torch.roll(x[1], (-5, 1), (1, 2)))
 
 
 @pytest.mark.parametrize(
@@ -229,6 +240,37 @@ def test_bad_params_are_usage_errors(params: dict[str, object], needle: str) -> 
 def test_timeout_before_the_first_batch() -> None:
     with pytest.raises(ProbeTimeout):
         create_probe("translation", windows=[])(_one_pixel_model(), _one_pixel_data(), deadline=0.0)
+
+
+class BudgetOf(RunContext):
+    """A run context whose time budget lasts ``checks`` calls of ``check_time`` (deterministic timeouts)."""
+
+    def __init__(self, checks: int, batch_size: int) -> None:
+        super().__init__(batch_size=batch_size)
+        self.checks = checks
+
+    def check_time(self) -> None:
+        self.checks -= 1
+        if self.checks < 0:
+            raise ProbeTimeout("time budget spent")
+
+
+@pytest.mark.parametrize("checks", [1, 3])
+def test_a_timeout_reports_only_what_finished_on_the_same_images(checks: int) -> None:
+    """The budget cuts a mode after its first batch (2 of the 4 images): metrics and records cover those 2
+    only, in every mode; a trade-off that cannot finish is left out rather than compared on fewer images."""
+    probe = create_probe("translation", mode="both", max_shift=2, windows=[3], border="zero")
+    result = probe.run(_one_pixel_model(), _one_pixel_data(), BudgetOf(checks, batch_size=2))
+    m = result.metrics
+    assert result.status == "timeout" and "2 of 4 images" in result.message
+    assert m["samples"] == 2 and len(result.records) == 2
+    assert m["realistic/centre_accuracy"] == 1.0  # the dark image labelled bright is not among them
+    assert m["realistic/fooling_rate"] == 1.0 and result.score == 0.0  # the spike and the blob
+    if checks == 1:  # the budget ends after the first realistic batch: no cyclic numbers at all
+        assert "cyclic shifts not measured" in result.message and "cyclic/fooling_rate" not in m
+    else:  # cyclic measured on the same 2 images, then the trade-off runs out
+        assert m["cyclic/fooling_rate"] == 1.0 and "trade-off not finished" in result.message
+    assert len(result.tables) == 1 and "tradeoff/fooling_rate" not in m
 
 
 # ---------------------------------------------------------------------------------------------------
