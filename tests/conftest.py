@@ -357,7 +357,8 @@ CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     """A small CIFAR-10 CNN trained here on 8,000 of the shared CIFAR-10 test images, and the other 2,000.
 
-    Returns ``(ImageClassifier for 3x32x32 inputs in [0, 1], held-out ImageDataset)``. The weights are cached
+    Returns ``(ImageClassifier for 3x32x32 inputs in [0, 1], held-out ImageDataset)``; the held-out images
+    cycle through the classes (0, 1, ..., 9, 0, 1, ...), so ``head(n)`` is class-balanced. The weights are cached
     in pytest's cache folder, so only the first slow run pays for training (about 2 minutes on 2 cores).
     Skips when ``../shared/data/cifar10-test-jpeg.npz`` is absent.
     """
@@ -382,4 +383,11 @@ def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     model = ImageClassifier(
         module.eval(), bounds=(0.0, 1.0), mean=CIFAR_MEAN, std=CIFAR_STD, labels=classes, input_shape=(3, 32, 32), name="cifar-cnn"
     )
-    return model, ImageDataset(x[held_out], y[held_out], classes, name="cifar10-test-jpeg:held-out")
+    # the file is sorted by class: interleave the classes so that any head(n) is class-balanced
+    index = torch.nonzero(held_out).flatten().numpy()
+    labels = y[index].numpy()
+    rank = np.zeros(len(index), dtype=np.int64)
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange(int((labels == c).sum()))
+    index = torch.from_numpy(index[np.lexsort((labels, rank))])
+    return model, ImageDataset(x[index], y[index], classes, name="cifar10-test-jpeg:held-out")

@@ -95,3 +95,4 @@ def test_cifar_fixture_model_learns(cifar_model: tuple) -> None:
     model, held_out = cifar_model
     accuracy = (model.predict(held_out.x).argmax(1) == held_out.y).float().mean().item()
     assert accuracy > 0.6, accuracy
+    assert held_out.y[:20].tolist() == list(range(10)) * 2  # classes interleaved: head(n) is balanced
