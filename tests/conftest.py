@@ -182,7 +182,7 @@ if __name__ == "__main__":
 SUBPROCESS_ENV = {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
     """Run torch on one thread: the tiny test audits are faster so, above all on a busy machine
     (two threads on two shared cores thrash), and in-process and subprocess results stay comparable."""

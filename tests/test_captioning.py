@@ -52,6 +52,9 @@ def tiny_captioner() -> ImageCaptioner:
     )
 
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: a second thread only adds contention
+
+
 def test_vocabulary_round_trip_and_errors() -> None:
     v = DIGITS_VOCABULARY
     assert (v.pad, v.start, v.end) == (0, 1, 2) and len(v) == 13
@@ -101,6 +104,14 @@ def test_builtin_captioner_exact_match_and_feature_hook() -> None:
     finally:
         handle.remove()
     assert len(seen) == 1 and torch.equal(seen[0], model.encode(data.x[:4]))
+    # greedy captioning reads them too: the decoder's initial state is computed from exactly these features
+    seen.clear()
+    handle = model.decoder.init_state.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        assert model.caption(data.x[:4]) == captions[:4]
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and torch.equal(seen[0], model.encode(data.x[:4]))
     # adapter options re-wrap the captioner, decoder included
     renamed = load_model("digits-captioner", name="cap")
     assert (
@@ -139,9 +150,8 @@ def test_scene_data_is_deterministic_and_held_out() -> None:
 
 def test_bleu_known_values() -> None:
     assert sentence_bleu("one two three four", "one two three four") == pytest.approx(1.0)
-    assert sentence_bleu("one two", "one two") == pytest.approx(
-        1.0
-    )  # add-one smoothing for empty n-gram orders
+    # add-one smoothing for empty n-gram orders
+    assert sentence_bleu("one two", "one two") == pytest.approx(1.0)
     assert sentence_bleu("five six", "one two") == 0.0
     # BLEU-1 with brevity penalty: 2 of 2 unigrams match, hypothesis 2 words vs reference 4
     assert sentence_bleu("one two", "one two three four", n=1) == pytest.approx(math.exp(1 - 4 / 2))

@@ -163,3 +163,54 @@ def test_registry_classes() -> None:
     assert isinstance(create_defense("bit-depth"), BitDepthReduction)
     assert create_defense("bit-depth").params == {"bits": 4}
     assert create_defense("median-filter").params == {"size": 3}
+
+
+# ---------------------------------------------------------------------------------------------------
+# JPEG
+# ---------------------------------------------------------------------------------------------------
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / (a - b).pow(2).mean()))
+
+
+def _smooth_images(n: int = 2, h: int = 16, w: int = 24) -> torch.Tensor:
+    """Smooth colour images (a coarse random field upsampled): JPEG's home ground."""
+    coarse = torch.rand(n, 3, h // 4, w // 4, generator=torch.Generator().manual_seed(0))
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def test_jpeg_quality_controls_the_loss() -> None:
+    x = _smooth_images()
+    model = _model(3, 16, 24)
+    psnrs = [_psnr(x, create_defense(f"jpeg:quality={q}").transform(model)(x)) for q in (10, 50, 95)]
+    assert psnrs[0] < psnrs[1] < psnrs[2] and psnrs[2] > 25.0, psnrs  # 4:2:0 chroma costs colour detail
+    out = create_defense("jpeg").transform(model)(x)
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_jpeg_has_exact_gradients_and_any_size() -> None:
+    model = _model()  # 3 x 7 x 6: not a multiple of the 16 x 16 JPEG macroblock
+    defended = create_defense("jpeg:quality=50").apply(model)
+    assert defended.gradients == "exact"
+    x = _images().requires_grad_(True)
+    defended(x)[:, 0].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_jpeg_greyscale_and_bounds() -> None:
+    grey = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = create_defense("jpeg:quality=90").transform(_model(1, 8, 8))(grey)
+    assert out.shape == grey.shape and _psnr(grey, out) > 20.0
+    model = ImageClassifier(
+        nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 24, 2)), bounds=(0, 255), name="bytes"
+    )
+    x = _smooth_images() * 255
+    coded = create_defense("jpeg:quality=90").transform(model)(x)
+    assert coded.min() >= 0.0 and coded.max() <= 255.0 and (coded - x).abs().mean() < 12.0
+
+
+@pytest.mark.parametrize(
+    ("params", "match"), [({"quality": 0}, r"quality must be in 1\.\.100"), ({"quality": 101}, "got 101")]
+)
+def test_jpeg_bad_quality(params: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        create_defense("jpeg", **params)

@@ -13,7 +13,7 @@ import torch
 from robustcheck.api import Table
 from robustcheck.data import digits
 from robustcheck.errors import InputError, UsageError
-from robustcheck.verifiers.engine import FloatModel, Options, Verifier, verify_properties
+from robustcheck.verifiers.engine import FloatModel, Options, Verifier, verify_properties, violates
 from robustcheck.verifiers.network import from_classifier, from_onnx
 from robustcheck.verifiers.regions import linf_box, manipulation_region
 from robustcheck.verifiers.vnnlib import (
@@ -71,6 +71,14 @@ def test_probe_parameters_are_validated() -> None:
         Z3Safety(epsilons=[-1])
     with pytest.raises(UsageError, match="region"):
         Z3Safety(region="l2")
+
+
+def test_probe_params_reach_the_engine_options() -> None:
+    probe = Z3Safety(engine="milp", bounds="interval", timeout=7, branching=False, confirm_milp=True)
+    options = probe.options(seed=5)
+    assert (options.engine, options.bounds, options.timeout, options.seed) == ("milp", "interval", 7, 5)
+    assert options.branching is False and options.confirm_milp is True
+    assert Z3Safety().options(0).branching is True and Z3Safety().options(0).confirm_milp is False
 
 
 def test_same_seed_same_verdicts() -> None:
@@ -135,7 +143,7 @@ def test_vnnlib_write_read_round_trip(tmp_path: Path) -> None:
     (back,) = read_vnnlib(path, 2, 3)
     np.testing.assert_array_equal(back.lo, prop.lo)
     np.testing.assert_array_equal(back.hi, prop.hi)
-    assert len(back.disjuncts) == 2
+    assert len(back.disjuncts) == 2 and back.strict == prop.strict is True
     for (a, c), (b, d) in zip(back.disjuncts, prop.disjuncts, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(c, d)
@@ -163,6 +171,12 @@ def test_vnnlib_parser_handles_terms_and_refuses_what_it_cannot_read(tmp_path: P
     np.testing.assert_array_equal(prop.hi, [1, 0.5])
     rows = sorted([*map(float, a[0]), float(c[0]) + 0.0] for a, c in prop.disjuncts)
     assert rows == [[1.0, -2.0, 3.0], [1.0, -1.0, 0.0]]  # Y_1 >= Y_0 reads as Y_0 - Y_1 <= 0
+    assert not prop.strict
+    # a strict output comparison: solved as its closure, but a tie is no counterexample on the float model
+    path.write_text(text.replace("(/ 1 2)", "0.5") + "(assert (>= X_1 -0.5))\n(assert (< Y_0 Y_1))\n")
+    (strict,) = read_vnnlib(path, 2, 2)
+    assert strict.strict and strict.disjuncts[0][0].tolist() == [[1.0, -1.0]]
+    assert violates(strict, np.array([[0.4, 0.5], [0.5, 0.5]])).tolist() == [True, False]
     with pytest.raises(InputError, match="2 inputs"):
         read_vnnlib(path, 3, 2)
     path.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= Y_0 1))\n")
