@@ -22,9 +22,9 @@ import torch
 
 from robustcheck.data import digits
 from robustcheck.verifiers import encoding
-from robustcheck.verifiers.bounds import crown_bounds, output_lower
+from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier
-from robustcheck.verifiers.network import Network, from_classifier, spec_error
+from robustcheck.verifiers.network import from_classifier
 from robustcheck.verifiers.vnnlib import Property, robustness_property
 from robustcheck.zoo import digits_mlp
 
@@ -55,19 +55,13 @@ def naive_verify(cache: encoding.Z3Network, prop: Property, timeout: float) -> s
     return verdict
 
 
-def residual_queries(net: Network, prop: Property) -> list[tuple[np.ndarray, np.ndarray, object]]:
-    """The disjuncts CROWN leaves open, with the float32 margin the engine would add."""
-    bounds = crown_bounds(net, prop.lo, prop.hi)
-    magnitudes = bounds.magnitudes(prop.lo, prop.hi)
-    out = []
-    for spec, rhs in prop.disjuncts:
-        tol = spec_error(net, spec, bounds.lower, bounds.upper, magnitudes)
-        if not np.any(output_lower(net, spec, bounds, prop.lo, prop.hi) > rhs + tol):
-            out.append((spec, rhs + tol, bounds))
-    return out
+def residual_queries(verifier: Verifier, prop: Property) -> list[tuple[np.ndarray, np.ndarray, LayerBounds]]:
+    """The disjuncts CROWN leaves open, as ``(spec, rhs + proof margin, bounds)``: the engine's own queries."""
+    bounds = crown_bounds(verifier.net, prop.lo, prop.hi)
+    return [(d.spec, d.rhs + d.tol, bounds) for d in verifier.open_disjuncts(prop, bounds)]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4, help="correctly classified test digits per eps")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03, 0.05])
@@ -76,88 +70,101 @@ def main() -> None:
     parser.add_argument(
         "--max-residual", type=int, default=6, help="residual queries timed with both solvers"
     )
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    return parser.parse_args()
 
-    model, data = digits_mlp(), digits()
-    net = from_classifier(model)
-    float_model = FloatModel.from_classifier(model)
-    predictions = model.predict(data.x).argmax(1)
-    chosen = [i for i in range(len(data)) if int(predictions[i]) == int(data.y[i])][: args.samples]
-    ours = {
-        engine: Verifier(net, float_model, Options(engine=engine, timeout=args.timeout))
-        for engine in ("z3", "milp")
-    }
-    ours["flat"] = Verifier(net, float_model, Options(engine="z3", timeout=args.timeout, branching=False))
+
+def run_methods(eps: float, props: list[tuple[np.ndarray, Property]], ours: dict[str, Verifier],
+                naive_timeout: float) -> list[Row]:  # fmt: skip
+    """One row per method: verdict counts and seconds per property on the same properties."""
     cache = ours["z3"].z3_network()
-    rows: list[Row] = []
-    residuals: list[tuple[Property, tuple[np.ndarray, np.ndarray, object]]] = []
-    for eps in args.eps:
-        props = []
-        for i in chosen:
-            x = data.x[i].reshape(-1).double().numpy()
-            props.append(
-                (x, robustness_property(np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1), int(data.y[i]), 10))
-            )
-        for method in ("ours-z3", "ours-flat", "ours-milp", "naive-z3"):
-            row = Row(method, eps, 0, 0, 0, [])
-            for x, prop in props:
-                start = time.perf_counter()
-                if method == "naive-z3":
-                    status = naive_verify(cache, prop, args.naive_timeout)
-                else:
-                    status = ours[method.split("-")[1]].verify(prop, start=x).status
-                row.seconds.append(time.perf_counter() - start)
-                row.verified += status == "safe"
-                row.falsified += status == "unsafe"
-                row.unknown += status not in ("safe", "unsafe")
-            rows.append(row)
-        for _, prop in props:
-            residuals += [(prop, q) for q in residual_queries(net, prop)]
+    rows = []
+    for method in ("ours-z3", "ours-flat", "ours-milp", "naive-z3"):
+        row = Row(method, eps, 0, 0, 0, [])
+        for x, prop in props:
+            start = time.perf_counter()
+            if method == "naive-z3":
+                status = naive_verify(cache, prop, naive_timeout)
+            else:
+                status = ours[method.split("-")[1]].verify(prop, start=x).status
+            row.seconds.append(time.perf_counter() - start)
+            row.verified += status == "safe"
+            row.falsified += status == "unsafe"
+            row.unknown += status not in ("safe", "unsafe")
+        rows.append(row)
+    return rows
 
-    print(
-        f"digits-mlp {net.hidden_sizes}, {len(chosen)} samples per eps, timeout ours {args.timeout:g} s, naive {args.naive_timeout:g} s"
-    )
-    print("(2 shared CPU cores, other jobs running: compare ratios within this run only)\n")
+
+def print_rows(rows: list[Row], epsilons: list[float]) -> None:
     print(f"{'eps':>6} {'method':>10} {'verified':>9} {'falsified':>9} {'unknown':>8} {'mean s':>8}")
     for row in rows:
         n = row.verified + row.falsified + row.unknown
-        print(
-            f"{row.eps:>6g} {row.method:>10} {row.verified / n:>9.2f} {row.falsified / n:>9.2f} {row.unknown / n:>8.2f} {np.mean(row.seconds):>8.3f}"
-        )
-    for eps in args.eps:
+        print(f"{row.eps:>6g} {row.method:>10} {row.verified / n:>9.2f} {row.falsified / n:>9.2f} "
+              f"{row.unknown / n:>8.2f} {np.mean(row.seconds):>8.3f}")  # fmt: skip
+    print("(ours-milp: SAFE rests on HiGHS's floating-point infeasibility, not an exact proof)")
+    for eps in epsilons:
         by: dict[str, float] = {r.method: float(np.mean(r.seconds)) for r in rows if r.eps == eps}
         print(f"eps {eps:g}: naive-z3 / ours-z3 mean time = {by['naive-z3'] / by['ours-z3']:.1f}x, "
               f"ours-z3 / ours-milp = {by['ours-z3'] / by['ours-milp']:.1f}x")  # fmt: skip
 
-    print(f"\nresidual queries (open after CROWN): {len(residuals)}; timing the first {args.max_residual}")
+
+def time_residuals(verifier: Verifier, residuals: list[tuple[Property, tuple[np.ndarray, np.ndarray, LayerBounds]]],
+                   timeout: float) -> None:  # fmt: skip
+    """Z3 (branch and bound, and flat) vs MILP on the same residual queries, with verdict agreement."""
+    net, cache = verifier.net, verifier.z3_network()
     print("z3 = branch and bound with Z3 leaves; flat = one Z3 query with every unstable ReLU a case split")
-    print(
-        f"{'#':>3} {'unstable':>8} {'z3':>8} {'z3 s':>8} {'nodes':>6} {'leaves':>6} {'flat':>8} {'flat s':>8} "
-        f"{'milp':>6} {'milp s':>8}"
-    )
+    print(f"{'#':>3} {'unstable':>8} {'z3':>8} {'z3 s':>8} {'nodes':>6} {'leaves':>6} {'flat':>8} {'flat s':>8} "
+          f"{'milp':>6} {'milp s':>8}")  # fmt: skip
     z3_total = milp_total = 0.0
     agree = both = 0
-    for k, (prop, (spec, rhs, bounds)) in enumerate(residuals[: args.max_residual]):
-        z3_result = encoding.z3_branch_and_bound(cache, prop.lo, prop.hi, bounds, spec, rhs, args.timeout)
-        flat = encoding.z3_query(cache, prop.lo, prop.hi, bounds, spec, rhs, args.timeout)
-        milp_result = encoding.milp_query(net, prop.lo, prop.hi, bounds, spec, rhs, args.timeout)
-        print(
-            f"{k:>3} {bounds.num_unstable():>8} {z3_result.status:>8} {z3_result.seconds:>8.3f} {z3_result.nodes:>6} "
-            f"{z3_result.z3_calls:>6} {flat.status:>8} "
-            f"{flat.seconds:>8.3f} {milp_result.status:>6} {milp_result.seconds:>8.3f}"
-        )
+    for k, (prop, (spec, rhs, bounds)) in enumerate(residuals):
+        z3_result = encoding.z3_branch_and_bound(cache, prop.lo, prop.hi, bounds, spec, rhs, timeout)
+        flat = encoding.z3_query(cache, prop.lo, prop.hi, bounds, spec, rhs, timeout)
+        milp_result = encoding.milp_query(net, prop.lo, prop.hi, bounds, spec, rhs, timeout)
+        print(f"{k:>3} {bounds.num_unstable():>8} {z3_result.status:>8} {z3_result.seconds:>8.3f} "
+              f"{z3_result.nodes:>6} {z3_result.z3_calls:>6} {flat.status:>8} {flat.seconds:>8.3f} "
+              f"{milp_result.status:>6} {milp_result.seconds:>8.3f}")  # fmt: skip
         if z3_result.status != "unknown" and milp_result.status != "unknown":
             both += 1
             agree += z3_result.status == milp_result.status
             z3_total += z3_result.seconds
             milp_total += milp_result.seconds
     if both:
-        print(
-            f"decided by both: {both}, verdicts agree: {agree}/{both}, z3 / milp time = {z3_total / max(milp_total, 1e-9):.1f}x"
-        )
+        print(f"decided by both: {both}, verdicts agree: {agree}/{both}, "
+              f"z3 / milp time = {z3_total / max(milp_total, 1e-9):.1f}x")  # fmt: skip
     else:
         print("no residual query decided by both solvers within the timeout")
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    model, data = digits_mlp(), digits()
+    net = from_classifier(model)
+    float_model = FloatModel.from_classifier(model)
+    predictions = model.predict(data.x).argmax(1)
+    chosen = [i for i in range(len(data)) if int(predictions[i]) == int(data.y[i])][: args.samples]
+    ours = {
+        "z3": Verifier(net, float_model, Options(engine="z3", timeout=args.timeout)),
+        "milp": Verifier(net, float_model, Options(engine="milp", timeout=args.timeout)),
+        "flat": Verifier(net, float_model, Options(engine="z3", timeout=args.timeout, branching=False)),
+    }
+    rows: list[Row] = []
+    residuals: list[tuple[Property, tuple[np.ndarray, np.ndarray, LayerBounds]]] = []
+    for eps in args.eps:
+        props = []
+        for i in chosen:
+            x = data.x[i].reshape(-1).double().numpy()
+            box = np.clip(x - eps, 0, 1), np.clip(x + eps, 0, 1)
+            props.append((x, robustness_property(*box, int(data.y[i]), 10)))
+        rows += run_methods(eps, props, ours, args.naive_timeout)
+        residuals += [(prop, q) for _, prop in props for q in residual_queries(ours["z3"], prop)]
+
+    print(f"digits-mlp {net.hidden_sizes}, {len(chosen)} samples per eps, timeout ours {args.timeout:g} s, "
+          f"naive {args.naive_timeout:g} s")  # fmt: skip
+    print("(2 shared CPU cores, other jobs running: compare ratios within this run only)\n")
+    print_rows(rows, args.eps)
+    print(f"\nresidual queries (open after CROWN): {len(residuals)}; timing the first {args.max_residual}")
+    time_residuals(ours["z3"], residuals[: args.max_residual], args.timeout)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robustcheck.verifiers.network import Network
+from robustcheck.verifiers.network import Affine, Network
 
 #: relative widening of every float64 bound (rounding is ~1e-13 relative for our sizes: 1e-9 is ample).
 REL_SLACK = 1e-9
@@ -37,6 +37,7 @@ class LayerBounds:
         return [(lo < 0) & (hi > 0) for lo, hi in zip(self.lower, self.upper, strict=True)]
 
     def num_unstable(self) -> int:
+        """How many ReLUs the bounds leave unstable."""
         return int(sum(int(m.sum()) for m in self.unstable()))
 
     def magnitudes(self, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
@@ -45,27 +46,33 @@ class LayerBounds:
 
 
 def _widen(value: np.ndarray, scale: np.ndarray, sign: float) -> np.ndarray:
+    """``value`` moved outwards (``sign`` -1: down, +1: up) by the float64 rounding allowance of ``scale``."""
     return value + sign * REL_SLACK * (1.0 + scale)
+
+
+def _affine_interval(affine: Affine, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sound bounds ``(lower, upper)`` of ``W x + b`` for ``low <= x <= high`` (widened for float64 rounding)."""
+    w_pos, w_neg = np.maximum(affine.weight, 0.0), np.minimum(affine.weight, 0.0)
+    scale = np.abs(affine.weight) @ np.maximum(np.abs(low), np.abs(high)) + np.abs(affine.bias)
+    bottom = w_pos @ low + w_neg @ high + affine.bias
+    top = w_pos @ high + w_neg @ low + affine.bias
+    return _widen(bottom, scale, -1.0), _widen(top, scale, 1.0)
 
 
 def interval_bounds(
     net: Network, lo: np.ndarray, hi: np.ndarray
 ) -> tuple[LayerBounds, np.ndarray, np.ndarray]:
-    """Interval propagation: hidden pre-activation bounds and output bounds ``(lower, upper)`` of the logits."""
+    """Interval propagation over the box ``[lo, hi]`` ``(n,)``: hidden pre-activation bounds and the logits'
+    bounds ``(lower, upper)`` ``(K,)``."""
     low, high = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-    lowers, uppers = [], []
-    for k, affine in enumerate(net.affines):
-        w_pos, w_neg = np.maximum(affine.weight, 0.0), np.minimum(affine.weight, 0.0)
-        center = w_pos @ low + w_neg @ high + affine.bias
-        top = w_pos @ high + w_neg @ low + affine.bias
-        scale = np.abs(affine.weight) @ np.maximum(np.abs(low), np.abs(high)) + np.abs(affine.bias)
-        new_low, new_high = _widen(center, scale, -1.0), _widen(top, scale, 1.0)
-        if k == len(net.affines) - 1:
-            return LayerBounds(lowers, uppers), new_low, new_high
-        lowers.append(new_low)
-        uppers.append(new_high)
+    bounds = LayerBounds([], [])
+    for affine in net.affines[:-1]:
+        new_low, new_high = _affine_interval(affine, low, high)
+        bounds.lower.append(new_low)
+        bounds.upper.append(new_high)
         low, high = np.maximum(new_low, 0.0), np.maximum(new_high, 0.0)
-    raise AssertionError("unreachable")
+    out_low, out_high = _affine_interval(net.affines[-1], low, high)
+    return bounds, out_low, out_high
 
 
 def _relaxation(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,16 +140,9 @@ def crown_bounds(net: Network, lo: np.ndarray, hi: np.ndarray) -> LayerBounds:
         bounds.upper.append(upper)
         # later interval bounds could be tighter from tighter inputs: recompute cheaply layer by layer
         if k + 1 < len(net.affines) - 1:
-            affine = net.affines[k + 1]
-            a_lo, a_hi = np.maximum(lower, 0.0), np.maximum(upper, 0.0)
-            w_pos, w_neg = np.maximum(affine.weight, 0.0), np.minimum(affine.weight, 0.0)
-            scale = np.abs(affine.weight) @ a_hi + np.abs(affine.bias)
-            interval.lower[k + 1] = np.maximum(
-                interval.lower[k + 1], _widen(w_pos @ a_lo + w_neg @ a_hi + affine.bias, scale, -1.0)
-            )
-            interval.upper[k + 1] = np.minimum(
-                interval.upper[k + 1], _widen(w_pos @ a_hi + w_neg @ a_lo + affine.bias, scale, 1.0)
-            )
+            low, high = _affine_interval(net.affines[k + 1], np.maximum(lower, 0.0), np.maximum(upper, 0.0))
+            interval.lower[k + 1] = np.maximum(interval.lower[k + 1], low)
+            interval.upper[k + 1] = np.minimum(interval.upper[k + 1], high)
     return bounds
 
 
@@ -181,25 +181,25 @@ def split_bounds(
     Split neurons get ``[max(l, 0), u]`` / ``[l, min(u, 0)]`` (their relaxation becomes exact) and every layer
     after the first split one is recomputed with CROWN. ``None`` when a split contradicts the bounds (empty).
     """
-    lower = [b.copy() for b in base.lower]
-    upper = [b.copy() for b in base.upper]
-    for (k, j), sign in splits.items():
-        if sign > 0:
-            lower[k][j] = max(lower[k][j], 0.0)
-        else:
-            upper[k][j] = min(upper[k][j], 0.0)
-    first = min((k for k, _ in splits), default=len(lower))
-    bounds = LayerBounds(lower, upper)
-    for k in range(first + 1, len(lower)):
-        eye = np.eye(len(lower[k]))
+    bounds = LayerBounds([b.copy() for b in base.lower], [b.copy() for b in base.upper])
+    _clamp_splits(bounds, splits)
+    first = min((k for k, _ in splits), default=len(bounds.lower))
+    for k in range(first + 1, len(bounds.lower)):
+        eye = np.eye(len(bounds.lower[k]))
         bounds.lower[k] = np.maximum(bounds.lower[k], backward_lower(net, k, eye, bounds, lo, hi))
         bounds.upper[k] = np.minimum(bounds.upper[k], -backward_lower(net, k, -eye, bounds, lo, hi))
-        for (kk, j), sign in splits.items():  # keep the splits of this layer
-            if kk == k:
-                if sign > 0:
-                    bounds.lower[k][j] = max(bounds.lower[k][j], 0.0)
-                else:
-                    bounds.upper[k][j] = min(bounds.upper[k][j], 0.0)
+        _clamp_splits(bounds, splits, layer=k)  # keep this layer's splits after the recomputation
     if any(np.any(lo_k > up_k) for lo_k, up_k in zip(bounds.lower, bounds.upper, strict=True)):
         return None
     return bounds
+
+
+def _clamp_splits(bounds: LayerBounds, splits: dict[tuple[int, int], int], layer: int | None = None) -> None:
+    """In place: active splits (+1) get ``lower >= 0``, inactive ones (-1) ``upper <= 0`` (only ``layer``'s if given)."""
+    for (k, j), sign in splits.items():
+        if layer is not None and k != layer:
+            continue
+        if sign > 0:
+            bounds.lower[k][j] = max(bounds.lower[k][j], 0.0)
+        else:
+            bounds.upper[k][j] = min(bounds.upper[k][j], 0.0)

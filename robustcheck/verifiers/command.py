@@ -33,7 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="write a VNN-COMP result file here (with --vnnlib)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per property (default 60)")
     parser.add_argument(
-        "--engine", choices=["z3", "milp"], default="z3", help="exact solver for the residual (default z3)"
+        "--engine",
+        choices=["z3", "milp"],
+        default="z3",
+        help="solver for what the bounds leave open: z3 (exact rationals, default) or milp (HiGHS, faster; its "
+        "SAFE rests on floating-point tolerances and says so)",
     )
     parser.add_argument("--semantics", choices=["float32", "real"], help="SAFE for the float32 model (default with --eps) "
                         "or for the real-valued network (default with --vnnlib, as in VNN-COMP)")  # fmt: skip

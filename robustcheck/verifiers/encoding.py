@@ -10,8 +10,9 @@ the bounds rounded *outwards* to multiples of ``2**-LEMMA_BITS`` (a looser but s
 
 MILP (scipy's HiGHS ``milp``): the same residual problem with a binary per unstable ReLU (big-M from the bounds:
 ``a >= z, a <= z - l (1 - d), a <= u d``, ``d = 1`` active). HiGHS works in floating point with feasibility
-tolerances of about 1e-7, so its "infeasible" is not a proof in exact arithmetic; callers pad ``c`` with
-:data:`MILP_PAD` and cross-check against Z3 in the tests.
+tolerances of about 1e-7, so its "infeasible" is not a proof in exact arithmetic: ``c`` is padded with
+:data:`MILP_PAD` (so near-misses count as feasible), the tests cross-check it against Z3, and the engine labels a
+MILP-only SAFE as such or has Z3 confirm it (:attr:`robustcheck.verifiers.engine.Options.confirm_milp`).
 
 Every query returns a :class:`QueryResult`: ``"unsat"`` (no such input), ``"sat"`` with the input found (float64,
 within the box), or ``"unknown"`` (timeout / solver gave up).
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -53,15 +56,14 @@ def _import_z3() -> Any:
     return z3
 
 
-def rational(value: float) -> Any:
-    """The exact rational value of a float as a Z3 real (``RealVal(float)`` would go through a decimal string)."""
+def rational(value: float | Fraction) -> Any:
+    """The exact rational value of a float (or a ``Fraction``) as a Z3 real (``RealVal(float)`` would go through
+    a decimal string)."""
     z3 = _import_z3()
-    frac = Fraction(float(value))
-    return (
-        z3.RealVal(f"{frac.numerator}/{frac.denominator}")
-        if frac.denominator != 1
-        else z3.RealVal(frac.numerator)
-    )
+    frac = value if isinstance(value, Fraction) else Fraction(float(value))
+    if frac.denominator == 1:
+        return z3.RealVal(frac.numerator)
+    return z3.RealVal(f"{frac.numerator}/{frac.denominator}")
 
 
 #: grid of the rounded lemma constants (bounds and triangle): multiples of 2**-LEMMA_BITS.
@@ -73,15 +75,6 @@ def _dyadic(value: float, direction: int) -> Fraction:
     scaled = float(value) * 2**LEMMA_BITS
     step = math.floor(scaled) if direction < 0 else math.ceil(scaled)
     return Fraction(int(step), 2**LEMMA_BITS)
-
-
-def _real(value: Fraction) -> Any:
-    z3 = _import_z3()
-    return (
-        z3.RealVal(f"{value.numerator}/{value.denominator}")
-        if value.denominator != 1
-        else z3.RealVal(value.numerator)
-    )
 
 
 class Z3Network:
@@ -145,6 +138,48 @@ def _read_model(z3: Any, model: Any, inputs: list[Any], lo: np.ndarray, hi: np.n
     return np.clip(x, lo, hi)
 
 
+def _check(
+    z3: Any, solver: Any, inputs: list[Any], lo: np.ndarray, hi: np.ndarray, start: float
+) -> QueryResult:
+    """Run ``solver`` and turn its verdict into a :class:`QueryResult` (the input point for ``sat``)."""
+    verdict = solver.check()
+    seconds = time.perf_counter() - start
+    if verdict == z3.unsat:
+        return QueryResult("unsat", None, seconds)
+    if verdict == z3.sat:
+        return QueryResult("sat", _read_model(z3, solver.model(), inputs, lo, hi), seconds)
+    return QueryResult("unknown", None, seconds)
+
+
+def _solve_encoding(
+    cache: Z3Network,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    spec: np.ndarray,
+    rhs: np.ndarray,
+    timeout_s: float,
+    solver: Any,
+    relu: Callable[[int, int, Callable[[], Any]], Any],
+) -> QueryResult:
+    """Encode the network into ``solver`` and decide "some ``x`` in ``[lo, hi]`` with ``spec @ y(x) <= rhs``".
+
+    Each hidden neuron ``j`` of layer ``k`` goes through ``relu(k, j, pre)``: ``pre()`` builds its pre-activation
+    term, and ``relu`` adds what it needs to ``solver`` and returns the post-activation term.
+    """
+    z3 = _import_z3()
+    start = time.perf_counter()
+    solver.set("timeout", max(1, int(timeout_s * 1000)))
+    inputs, _ = _input_vars(z3, lo, hi, solver)
+    acts = inputs
+    for k in range(len(cache.net.affines) - 1):
+        acts = [
+            relu(k, j, partial(_affine_expr, z3, terms, bias, acts))
+            for j, (terms, bias) in enumerate(zip(cache.weights[k], cache.biases[k], strict=True))
+        ]
+    _output_constraints(z3, solver, cache, acts, spec, rhs)
+    return _check(z3, solver, inputs, lo, hi, start)
+
+
 def z3_query(
     cache: Z3Network,
     lo: np.ndarray,
@@ -164,50 +199,30 @@ def z3_query(
     """
     splits = splits or {}
     z3 = _import_z3()
-    start = time.perf_counter()
     solver = z3.SolverFor("QF_LRA")
-    solver.set("timeout", max(1, int(timeout_s * 1000)))
-    inputs, _ = _input_vars(z3, lo, hi, solver)
-    acts = inputs
-    for k in range(len(cache.net.affines) - 1):
-        low, high = bounds.lower[k], bounds.upper[k]
-        layer = []
-        for j, (terms, bias) in enumerate(zip(cache.weights[k], cache.biases[k], strict=True)):
-            split = splits.get((k, j), 0)
-            if split:
-                expr = _affine_expr(z3, terms, bias, acts)
-                solver.add(expr >= 0 if split > 0 else expr <= 0)
-                if split < 0:
-                    layer.append(z3.RealVal(0))
-                    continue
-            if high[j] <= 0:  # stably inactive
-                layer.append(z3.RealVal(0))
-                continue
-            expr = _affine_expr(z3, terms, bias, acts)
-            if low[j] >= 0 or split > 0:  # stably active (or split active): a = z
-                a = z3.Real(f"a_{k}_{j}")
-                solver.add(a == expr)  # (bound lemmas on stable neurons only slowed Z3's simplex down)
-                layer.append(a)
-                continue
-            z, a = z3.Real(f"z_{k}_{j}"), z3.Real(f"a_{k}_{j}")
-            # lemma constants rounded outwards to a short dyadic grid: still valid (a relaxation), and Z3's
-            # simplex is several times faster than with the 53-bit fractions of the float64 bounds
-            lj, uj = _dyadic(low[j], -1), _dyadic(high[j], 1)
-            solver.add(z == expr, z >= _real(lj), z <= _real(uj), a >= 0, a >= z, a <= _real(uj))
-            if triangle:
-                slope = uj / (uj - lj)
-                solver.add(a <= _real(slope) * z + _real(-slope * lj))
-            solver.add(z3.Or(z3.And(z >= 0, a == z), z3.And(z <= 0, a == 0)))
-            layer.append(a)
-        acts = layer
-    _output_constraints(z3, solver, cache, acts, spec, rhs)
-    verdict = solver.check()
-    seconds = time.perf_counter() - start
-    if verdict == z3.unsat:
-        return QueryResult("unsat", None, seconds)
-    if verdict == z3.sat:
-        return QueryResult("sat", _read_model(z3, solver.model(), inputs, lo, hi), seconds)
-    return QueryResult("unknown", None, seconds)
+
+    def relu(k: int, j: int, pre: Callable[[], Any]) -> Any:
+        low, high, split = bounds.lower[k][j], bounds.upper[k][j], splits.get((k, j), 0)
+        if split:
+            solver.add(pre() >= 0 if split > 0 else pre() <= 0)
+        if split < 0 or high <= 0:  # (split) inactive; the bounds already hold on the sub-domain
+            return z3.RealVal(0)
+        if low >= 0 or split > 0:  # stably active (or split active): a = z
+            a = z3.Real(f"a_{k}_{j}")
+            solver.add(a == pre())  # (bound lemmas on stable neurons only slowed Z3's simplex down)
+            return a
+        z, a = z3.Real(f"z_{k}_{j}"), z3.Real(f"a_{k}_{j}")
+        # lemma constants rounded outwards to a short dyadic grid: still valid (a relaxation), and Z3's
+        # simplex is several times faster than with the 53-bit fractions of the float64 bounds
+        lj, uj = _dyadic(low, -1), _dyadic(high, 1)
+        solver.add(z == pre(), z >= rational(lj), z <= rational(uj), a >= 0, a >= z, a <= rational(uj))
+        if triangle:
+            slope = uj / (uj - lj)
+            solver.add(a <= rational(slope) * z + rational(-slope * lj))
+        solver.add(z3.Or(z3.And(z >= 0, a == z), z3.And(z <= 0, a == 0)))
+        return a
+
+    return _solve_encoding(cache, lo, hi, spec, rhs, timeout_s, solver, relu)
 
 
 def naive_z3_query(
@@ -215,26 +230,14 @@ def naive_z3_query(
 ) -> QueryResult:
     """The textbook encoding: every ReLU ``a = If(z >= 0, z, 0)``, no bounds, no lemmas (for the benchmark)."""
     z3 = _import_z3()
-    start = time.perf_counter()
     solver = z3.Solver()
-    solver.set("timeout", max(1, int(timeout_s * 1000)))
-    inputs, _ = _input_vars(z3, lo, hi, solver)
-    acts = inputs
-    for k in range(len(cache.net.affines) - 1):
-        layer = []
-        for j, (terms, bias) in enumerate(zip(cache.weights[k], cache.biases[k], strict=True)):
-            z, a = z3.Real(f"z_{k}_{j}"), z3.Real(f"a_{k}_{j}")
-            solver.add(z == _affine_expr(z3, terms, bias, acts), a == z3.If(z >= 0, z, z3.RealVal(0)))
-            layer.append(a)
-        acts = layer
-    _output_constraints(z3, solver, cache, acts, spec, rhs)
-    verdict = solver.check()
-    seconds = time.perf_counter() - start
-    if verdict == z3.unsat:
-        return QueryResult("unsat", None, seconds)
-    if verdict == z3.sat:
-        return QueryResult("sat", _read_model(z3, solver.model(), inputs, lo, hi), seconds)
-    return QueryResult("unknown", None, seconds)
+
+    def relu(k: int, j: int, pre: Callable[[], Any]) -> Any:
+        z, a = z3.Real(f"z_{k}_{j}"), z3.Real(f"a_{k}_{j}")
+        solver.add(z == pre(), a == z3.If(z >= 0, z, z3.RealVal(0)))
+        return a
+
+    return _solve_encoding(cache, lo, hi, spec, rhs, timeout_s, solver, relu)
 
 
 def z3_branch_and_bound(
@@ -275,7 +278,7 @@ def z3_branch_and_bound(
         corner = np.where(coef[0] > 0, lo, hi)
         if np.all(spec @ net.forward(corner)[0] <= rhs):
             return QueryResult("sat", corner, time.perf_counter() - start, "z3", nodes, calls)
-        corner_pre = _pre_activations(net, corner)
+        corner_pre = net.pre_activations(corner)
         open_relus = [
             (k, int(j))
             for k in range(len(node.lower))
@@ -291,21 +294,10 @@ def z3_branch_and_bound(
         k, j = max(
             open_relus, key=lambda kj: (-kj[0], min(node.upper[kj[0]][kj[1]], -node.lower[kj[0]][kj[1]]))
         )
-        first = (
-            1 if corner_pre[k][j] >= 0 else -1
-        )  # explore the corner's side first (popped last-in first-out)
+        first = 1 if corner_pre[k][0, j] >= 0 else -1  # the corner's side first (popped last-in first-out)
         stack.append({**splits, (k, j): -first})
         stack.append({**splits, (k, j): first})
     return QueryResult("unsat", None, time.perf_counter() - start, "z3", nodes, calls)
-
-
-def _pre_activations(net: Network, x: np.ndarray) -> list[np.ndarray]:
-    h, out = np.asarray(x, np.float64), []
-    for affine in net.affines[:-1]:
-        z = affine.weight @ h + affine.bias
-        out.append(z)
-        h = np.maximum(z, 0.0)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,6 +314,7 @@ def milp_query(
 ) -> QueryResult:
     """The residual query as a MILP solved by HiGHS; minimises ``sum(spec @ y)`` so a "sat" point violates most."""
     from scipy import sparse
+    from scipy.optimize import Bounds as VarBounds
     from scipy.optimize import LinearConstraint, milp
 
     start = time.perf_counter()
@@ -389,8 +382,6 @@ def milp_query(
     constraints = LinearConstraint(
         sparse.vstack(rows).tocsr(), np.concatenate(row_lo), np.concatenate(row_hi)
     )
-    from scipy.optimize import Bounds as VarBounds
-
     result = milp(
         objective,
         integrality=integrality,

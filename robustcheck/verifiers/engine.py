@@ -8,11 +8,15 @@
    Proving with this margin makes SAFE hold for the float32 model too, not only for its real-valued idealisation.
 3. **Solver** (stage ``z3`` or ``milp``): one query per remaining disjunct (one per competing class), stable ReLUs
    fixed, unstable ones split (:mod:`robustcheck.verifiers.encoding`). The query asks for ``A y <= c + tol``:
-   unsat proves the disjunct with the float margin. A solver point is rounded to float32 (inside the box) and
+   unsat proves the disjunct with the float margin (``"real"`` semantics: only the margin for the float64
+   rounding of the merged weights, so SAFE holds for the exact composition of the file's float weights). A solver point is rounded to float32 (inside the box) and
    re-run on the float32 model: it is reported UNSAFE only if it violates the property there (for classification:
    another class strictly above the true one). Otherwise a second query asks for ``A y <= c - tol`` (a violation
    beyond any float error): unsat means the property only fails within rounding distance of the decision
    boundary (UNKNOWN, "boundary"); a point found is re-run again.
+   With the ``milp`` engine an "unsat" is HiGHS's floating-point infeasibility (``c`` padded by
+   :data:`~robustcheck.verifiers.encoding.MILP_PAD`), not an exact proof: the SAFE it gives says so in its
+   message, unless ``confirm_milp`` has Z3 re-prove each such disjunct exactly (then a Z3 timeout is UNKNOWN).
    With ``branching`` (default) each Z3 query runs inside a branch and bound over the unstable ReLUs
    (:func:`~robustcheck.verifiers.encoding.z3_branch_and_bound`): CROWN closes most sub-domains, the corner that
    minimises a sub-domain's linear bound is tried as a solution, and Z3 decides the leaves (every ReLU fixed).
@@ -38,6 +42,8 @@ from robustcheck.verifiers.vnnlib import Property
 
 STATUSES = ("safe", "unsafe", "unknown", "error")
 ENGINES = ("z3", "milp")
+_TIMEOUT = "per-property timeout"
+_BOUNDARY = "boundary: violations exist only within float rounding of the decision boundary"
 
 
 @dataclass
@@ -58,6 +64,9 @@ class Options:
     #: Z3 engine: branch and bound over unstable ReLUs (CROWN on each sub-domain, Z3 on the leaves) instead of
     #: one monolithic query with a case split per unstable ReLU.
     branching: bool = True
+    #: MILP engine: have Z3 (exact) re-prove every disjunct HiGHS declares infeasible before SAFE. Off, a MILP
+    #: SAFE rests on HiGHS's floating-point tolerances (the outcome's message says so).
+    confirm_milp: bool = False
 
 
 @dataclass
@@ -83,6 +92,24 @@ class Outcome:
     message: str = ""
     queries: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class OpenDisjunct:
+    """A disjunct ``spec @ y <= rhs`` (``spec`` ``(m, K)``, ``rhs`` ``(m,)``) the bounds left open.
+
+    Attributes:
+        tol: ``(m,)`` proof margin added to ``rhs`` (the float32 model's error bound, or under ``"real"``
+            semantics the float64 rounding of the encoded weights).
+        float_err: ``(m,)`` bound of the float32 model's deviation from the encoded network (logit units).
+        gap: ``max(lower bound of spec @ y - rhs)``: how far the bounds were from excluding it.
+    """
+
+    spec: np.ndarray
+    rhs: np.ndarray
+    tol: np.ndarray
+    float_err: np.ndarray
+    gap: float
 
 
 class FloatModel:
@@ -172,7 +199,10 @@ def round_into_box(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, dtype: Any = n
 # ---------------------------------------------------------------------------------------------------------------
 def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.ndarray | None, deadline: float,
                extra_points: np.ndarray | None = None) -> np.ndarray | None:  # fmt: skip
-    """PGD minimising :func:`violation` over the box; returns a validated counterexample or ``None``."""
+    """PGD (sign steps of ``2.5 * width / pgd_steps``) minimising :func:`violation` over the box ``prop.lo`` /
+    ``prop.hi`` ``(n,)``, from ``start`` ``(n,)`` (default the centre) and ``pgd_restarts`` uniform points;
+    ``extra_points`` ``(P, n)`` (the manipulation grid) are checked first. Returns a flat counterexample,
+    rounded into the box in the model's precision and re-validated on the model, or ``None``."""
     lo, hi = prop.lo, prop.hi
     if extra_points is not None and len(extra_points):
         points = round_into_box(extra_points, lo, hi, _np_dtype(model))
@@ -239,6 +269,7 @@ class Verifier:
         self._z3: encoding.Z3Network | None = None
 
     def z3_network(self) -> encoding.Z3Network:
+        """The network's exact rational weights for Z3, built on first use."""
         if self._z3 is None:
             self._z3 = encoding.Z3Network(self.net)
         return self._z3
@@ -273,93 +304,117 @@ class Verifier:
                 return self._unsafe(prop, cex, "attack")
         t0 = time.monotonic()
         bounds = compute_bounds(self.net, prop.lo, prop.hi, opts.bounds)
-        magnitudes = bounds.magnitudes(prop.lo, prop.hi)
-        # the real-valued network itself (hidden regions) or VNN-COMP semantics: no float32 margin in proofs
-        real = self.model.dtype == torch.float64 or opts.semantics == "real"
-        open_disjuncts = []
-        lowest: list[float] = []
-        for spec, rhs in prop.disjuncts:
-            if not len(spec):
-                open_disjuncts.append((spec, rhs, np.zeros(0), np.zeros(0)))
-                lowest.append(-math.inf)
-                continue
-            float_err = spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes)
-            tol = np.zeros(len(spec)) if real else float_err
-            lower = output_lower(self.net, spec, bounds, prop.lo, prop.hi, opts.bounds)
-            if not np.any(lower > rhs + tol):
-                open_disjuncts.append((spec, rhs, tol, float_err))
-                lowest.append(float(np.max(lower - rhs)))
+        residual = self.open_disjuncts(prop, bounds)
         times["bounds"] = time.monotonic() - t0
         unstable = bounds.num_unstable()
-        if not open_disjuncts:
+        if not residual:
             return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct")
         t0 = time.monotonic()
         try:
-            return self._solve(
-                prop, bounds, [open_disjuncts[i] for i in np.argsort(lowest)], deadline, unstable
-            )
+            return self._solve(prop, bounds, residual, deadline, unstable)
         finally:
             times[opts.engine] = time.monotonic() - t0
 
-    def _query(
+    def open_disjuncts(self, prop: Property, bounds: LayerBounds) -> list[OpenDisjunct]:
+        """The disjuncts of ``prop`` that ``bounds`` (over its box) do not exclude with the proof margin, the
+        most nearly violated first."""
+        magnitudes = bounds.magnitudes(prop.lo, prop.hi)
+        # the real-valued network itself (hidden regions) or VNN-COMP semantics: no float32 margin in proofs,
+        # only one for the float64 rounding of merged / probed weights (unit 0)
+        real = self.model.dtype == torch.float64 or self.options.semantics == "real"
+        residual = []
+        for spec, rhs in prop.disjuncts:
+            if not len(spec):  # no output condition: violated by any input
+                residual.append(OpenDisjunct(spec, rhs, np.zeros(0), np.zeros(0), -math.inf))
+                continue
+            float_err = spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes)
+            tol = (
+                spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes, 0.0) if real else float_err
+            )
+            lower = output_lower(self.net, spec, bounds, prop.lo, prop.hi, self.options.bounds)
+            if not np.any(lower > rhs + tol):
+                residual.append(OpenDisjunct(spec, rhs, tol, float_err, float(np.max(lower - rhs))))
+        return sorted(residual, key=lambda d: d.gap)
+
+    def _query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float, *,
+               proof: bool = False) -> encoding.QueryResult:  # fmt: skip
+        """One solver query "some input in the box with ``spec @ y <= rhs``" within ``seconds``; with ``proof``
+        and ``confirm_milp``, a MILP "unsat" is re-checked by Z3 in the time left."""
+        if self.options.engine == "milp":
+            began = time.monotonic()
+            result = encoding.milp_query(self.net, prop.lo, prop.hi, bounds, spec, rhs, seconds)
+            if not (proof and self.options.confirm_milp and result.status == "unsat"):
+                return result
+            seconds -= time.monotonic() - began
+            if seconds <= 0:
+                return encoding.QueryResult("unknown", engine="milp")
+            return self._z3_query(prop, bounds, spec, rhs, seconds)
+        return self._z3_query(prop, bounds, spec, rhs, seconds)
+
+    def _z3_query(
         self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float
     ) -> encoding.QueryResult:
-        if self.options.engine == "milp":
-            return encoding.milp_query(self.net, prop.lo, prop.hi, bounds, spec, rhs, seconds)
         if self.options.branching:
             return encoding.z3_branch_and_bound(
                 self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds
             )
         return encoding.z3_query(self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds)
 
-    def _solve(self, prop: Property, bounds: LayerBounds, disjuncts: list[tuple[np.ndarray, ...]],
-               deadline: float, unstable: int) -> Outcome:  # fmt: skip
+    def _solve(self, prop: Property, bounds: LayerBounds, disjuncts: list[OpenDisjunct], deadline: float,
+               unstable: int) -> Outcome:  # fmt: skip
+        """Decide the disjuncts the bounds left open: UNSAFE on the first re-validated point, SAFE when the solver
+        excludes every one, else UNKNOWN with the reasons."""
         stage = self.options.engine
         notes: list[str] = []
         queries = 0
-        for spec, rhs, tol, float_err in disjuncts:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                notes.append("per-property timeout")
-                break
-            if not len(spec):  # no output condition: any input in the box violates
+        for disjunct in disjuncts:
+            if not len(disjunct.spec):  # no output condition: any input in the box violates
                 point = round_into_box(prop.lo, prop.lo, prop.hi, _np_dtype(self.model))
                 return self._unsafe(prop, point, stage, unstable=unstable)
-            first = self._query(prop, bounds, spec, rhs + tol, left)
-            queries += 1
-            if first.status == "unsat":
-                continue
-            if first.status == "unknown":
-                notes.append(f"{stage} gave up (timeout)")
-                continue
-            outcome = self._revalidate(prop, first.x, stage, unstable)
+            outcome, note, made = self._decide(prop, bounds, disjunct, deadline, unstable)
+            queries += made
             if outcome is not None:
                 outcome.queries = queries
                 return outcome
-            left = deadline - time.monotonic()
-            if left <= 0:
-                notes.append("per-property timeout")
-                break
-            strong = self._query(prop, bounds, spec, rhs - np.maximum(float_err, 1e-9), left)
-            queries += 1
-            if strong.status == "unsat":
-                notes.append("boundary: violations exist only within float rounding of the decision boundary")
-                continue
-            if strong.status == "unknown":
-                notes.append(f"{stage} gave up (timeout)")
-                continue
-            outcome = self._revalidate(prop, strong.x, stage, unstable)
-            if outcome is not None:
-                outcome.queries = queries
-                return outcome
-            notes.append("a solver counterexample did not re-validate on the float model")
+            if note is not None:
+                notes.append(note)
+                if note == _TIMEOUT:
+                    break
         if notes:
             return Outcome(
                 "unknown", stage, unstable=unstable, message="; ".join(dict.fromkeys(notes)), queries=queries
             )
-        return Outcome(
-            "safe", stage, unstable=unstable, message=f"{stage} proves every open disjunct", queries=queries
-        )
+        if stage == "z3":
+            message = "z3 proves every open disjunct"
+        elif self.options.confirm_milp:
+            message = "HiGHS finds every open disjunct infeasible, each confirmed by z3"
+        else:
+            message = "HiGHS finds every open disjunct infeasible (floating-point MILP, not an exact proof)"
+        return Outcome("safe", stage, unstable=unstable, message=message, queries=queries)
+
+    def _decide(self, prop: Property, bounds: LayerBounds, disjunct: OpenDisjunct, deadline: float,
+                unstable: int) -> tuple[Outcome | None, str | None, int]:  # fmt: skip
+        """One open disjunct ``spec @ y <= rhs``: ``(UNSAFE outcome or None, why it stays open or None if
+        proved, queries made)``.
+
+        First a violation within the proof margin ``tol`` (unsat: proved); if its point does not re-validate on
+        the float model, a violation beyond any float error (unsat: only boundary violations exist)."""
+        stage = self.options.engine
+        spec, rhs = disjunct.spec, disjunct.rhs
+        attempts = ((rhs + disjunct.tol, None), (rhs - np.maximum(disjunct.float_err, 1e-9), _BOUNDARY))
+        for made, (bound, if_unsat) in enumerate(attempts, start=1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, _TIMEOUT, made - 1
+            result = self._query(prop, bounds, spec, bound, left, proof=if_unsat is None)
+            if result.status == "unsat":
+                return None, if_unsat, made
+            if result.status == "unknown":
+                return None, f"{stage} gave up (timeout)", made
+            outcome = self._revalidate(prop, result.x, stage, unstable)
+            if outcome is not None:
+                return outcome, None, made
+        return None, "a solver counterexample did not re-validate on the float model", len(attempts)
 
     def _revalidate(self, prop: Property, x: np.ndarray | None, stage: str, unstable: int) -> Outcome | None:
         """UNSAFE if the solver's point, rounded into the box, violates the property on the float model."""

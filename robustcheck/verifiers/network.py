@@ -103,7 +103,7 @@ class Network:
         affines: the affine pieces; ``len(affines) - 1`` hidden ReLU layers.
         input_shape: shape of one model input (e.g. ``(C, H, W)``); ``x`` is its C-order flattening.
         name: where it came from (for messages).
-        layer_names: for each hidden layer, the names of the original layers (for messages).
+        meta: extra facts from the conversion (e.g. an ONNX graph's ``output_shape``).
     """
 
     affines: list[Affine]
@@ -139,13 +139,18 @@ class Network:
                 h = np.maximum(h, 0.0)
         return h
 
-    def activations(self, x: np.ndarray) -> list[np.ndarray]:
-        """Post-ReLU activations of every hidden layer for flat inputs ``x`` ``(B, n)``."""
+    def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
+        """Pre-activations ``z_k`` ``(B, n_k)`` of every hidden layer for flat inputs ``x`` ``(B, n)`` (float64)."""
         h, out = np.atleast_2d(np.asarray(x, np.float64)), []
         for affine in self.affines[:-1]:
-            h = np.maximum(h @ affine.weight.T + affine.bias, 0.0)
-            out.append(h)
+            z = h @ affine.weight.T + affine.bias
+            out.append(z)
+            h = np.maximum(z, 0.0)
         return out
+
+    def activations(self, x: np.ndarray) -> list[np.ndarray]:
+        """Post-ReLU activations ``(B, n_k)`` of every hidden layer for flat inputs ``x`` ``(B, n)``."""
+        return [np.maximum(z, 0.0) for z in self.pre_activations(x)]
 
     def suffix(self, layer: int) -> Network:
         """The network from the post-ReLU activations of hidden layer ``layer - 1`` (``layer`` >= 1) to the logits."""
@@ -167,23 +172,20 @@ def canonicalize(layers: list[Layer], input_shape: tuple[int, ...], num_inputs: 
     """Merge consecutive affine layers and repeated ReLUs into the alternating canonical form."""
     affines: list[Affine] = []
     pending: Affine | None = None
-    relu_pending = False
     for layer in layers:
         if isinstance(layer, ReLU):
             if pending is None and not affines:  # a ReLU on the raw input: an identity affine first
                 pending = _identity(num_inputs, "input")
             if pending is not None:
                 affines.append(pending)
-                pending, relu_pending = None, True
+                pending = None
             # a ReLU right after a ReLU is idempotent: nothing to add
         else:
             pending = layer if pending is None else pending.then(layer)
-            relu_pending = False
     if pending is None:  # ends with a ReLU: the logits are the last activations
         size = affines[-1].shape[0] if affines else num_inputs
         pending = _identity(size, "output")
     affines.append(pending)
-    del relu_pending
     for k in range(1, len(affines)):
         if affines[k].shape[1] != affines[k - 1].shape[0]:
             raise InputError(
@@ -326,10 +328,8 @@ def _convert_leaf(leaf: nn.Module, path: str, shape: tuple[int, ...]) -> tuple[l
     if isinstance(leaf, nn.ReLU):
         return [ReLU(path)], out_shape
     if isinstance(leaf, (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)):
-        return (
-            [],
-            out_shape,
-        )  # C-order reshapes leave the flat vector unchanged; dropout is the identity in eval
+        # C-order reshapes leave the flat vector unchanged; dropout is the identity in eval
+        return [], out_shape
     if isinstance(leaf, nn.Linear):
         weight = leaf.weight.detach().double().numpy()
         bias = leaf.bias.detach().double().numpy() if leaf.bias is not None else np.zeros(weight.shape[0])
@@ -355,9 +355,8 @@ def _conv_affine(conv: nn.Conv2d, path: str, shape: tuple[int, ...], out_shape: 
         )
     weight64 = conv.weight.detach().double()
 
-    def apply(
-        t: torch.Tensor,
-    ) -> torch.Tensor:  # without bias: every output of a basis input is one exact product
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        # without bias: every output of a basis input is one exact product
         return F.conv2d(t, weight64, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     weight, _ = _probe_affine(apply, shape, f"layer {path!r} (Conv2d)")
@@ -398,6 +397,10 @@ _ONNX_AFFINE = {
     "MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
     "Identity", "Dropout", "BatchNormalization", "AveragePool", "GlobalAveragePool", "Cast",
 }  # fmt: skip
+#: float32 roundings an op adds per output beyond its dot product (bias add; element-wise ops and pooling: a few).
+_ONNX_EXTRA_ROUNDINGS = {"MatMul": 1, "Gemm": 1, "Conv": 1} | dict.fromkeys(
+    ("Add", "Sub", "Mul", "Div", "BatchNormalization", "AveragePool", "GlobalAveragePool"), 4
+)
 #: ops whose output depends only on the *shape* of their input (static even for a dynamic input).
 _ONNX_SHAPE_ONLY = {"Shape"}
 
@@ -497,30 +500,18 @@ def _onnx_affine(step: Any, args: list[torch.Tensor | None], dyn: int, run: Any,
 
     n = math.prod(in_shape)
     weight, bias = _probe_affine(lambda t: apply(t.reshape(t.shape[0], n)), (n,), label)
-    if step.op_type in ("MatMul", "Gemm", "Conv"):
-        extra = 1
-    elif step.op_type in (
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "BatchNormalization",
-        "AveragePool",
-        "GlobalAveragePool",
-    ):
-        extra = 4
-    else:
-        extra = 0
+    extra = _ONNX_EXTRA_ROUNDINGS.get(step.op_type, 0)
     return Affine.exact(weight, bias, label, extra_roundings=extra)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # float32 evaluation error
 # ---------------------------------------------------------------------------------------------------------------
-def gamma(n: int) -> float:
-    """``gamma_n = n u / (1 - n u)`` for float32, plus float64 slack for our own merging / probing."""
+def gamma(n: int, unit: float = U32) -> float:
+    """``gamma_n = n u / (1 - n u)`` for a chain of ``n`` roundings of unit ``unit`` (float32 by default), plus
+    float64 slack ``4 n 2^-53`` for our own merging / probing of the pieces (``unit`` 0: that slack alone)."""
     n = max(int(n), 1)
-    return n * U32 / (1.0 - n * U32) + 4.0 * n * U64
+    return n * unit / (1.0 - n * unit) + 4.0 * n * U64
 
 
 def float32_error(net: Network, magnitudes: list[np.ndarray]) -> np.ndarray:
@@ -533,13 +524,16 @@ def float32_error(net: Network, magnitudes: list[np.ndarray]) -> np.ndarray:
     return local_errors(net, magnitudes)[1][-1]
 
 
-def local_errors(net: Network, magnitudes: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def local_errors(
+    net: Network, magnitudes: list[np.ndarray], unit: float = U32
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per affine piece: the rounding error it adds itself (``gamma_n (|W| |input| + |b|)``, with the float
-    input's magnitude), and the crude accumulated deviation of its output (errors through ``abs_weight``)."""
+    input's magnitude), and the crude accumulated deviation of its output (errors through ``abs_weight``).
+    ``unit`` is the evaluation's unit roundoff (:func:`gamma`)."""
     dev = np.zeros(net.num_inputs)
     local, accumulated = [], []
     for affine, mag in zip(net.affines, magnitudes, strict=True):
-        own = gamma(affine.fan_in) * (affine.abs_weight @ (mag + dev) + affine.abs_bias)
+        own = gamma(affine.fan_in, unit) * (affine.abs_weight @ (mag + dev) + affine.abs_bias)
         dev = affine.abs_weight @ dev + own
         local.append(own)
         accumulated.append(dev)
@@ -547,16 +541,19 @@ def local_errors(net: Network, magnitudes: list[np.ndarray]) -> tuple[list[np.nd
 
 
 def spec_error(net: Network, spec: np.ndarray, lower: list[np.ndarray], upper: list[np.ndarray],
-               magnitudes: list[np.ndarray]) -> np.ndarray:  # fmt: skip
+               magnitudes: list[np.ndarray], unit: float = U32) -> np.ndarray:  # fmt: skip
     """Bound ``|spec @ (y_float32(x) - y_real(x))|`` per row over a region with pre-activation bounds ``lower`` /
-    ``upper`` (of the real network).
+    ``upper`` (of the real network); ``spec`` ``(m, K)``, result ``(m,)`` in logit units.
+
+    With ``unit=0`` it bounds only the float64 rounding of our merged / probed weights: the deviation of the
+    encoded network from the exact real-valued composition of the original layers (``"real"`` semantics).
 
     The deviation obeys ``dz_{k+1} = W D_k dz_k + e_{k+1}`` with each layer's own rounding ``|e_k| <= local_k``
     and ``D_k`` diagonal: 1 where both networks' ReLU is surely active, 0 where surely inactive, somewhere in
     ``[0, 1]`` otherwise (``relu(z + d) - relu(z) = t d`` with ``t`` in ``[0, 1]``). Backwards from ``spec``, the
     coefficient of each ``e_k`` is kept as an interval, so cancellations inside the weights count.
     """
-    local, accumulated = local_errors(net, magnitudes)
+    local, accumulated = local_errors(net, magnitudes, unit)
     center = spec @ net.affines[-1].weight
     radius = np.zeros_like(center)
     total = np.abs(spec) @ local[-1]

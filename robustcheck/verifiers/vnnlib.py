@@ -8,8 +8,9 @@ The reader supports ``declare-const``, ``assert`` of ``and`` / ``or`` / ``<=`` /
 over linear terms (numbers, variables, ``+``, ``-``, ``*`` by a constant). The formula is expanded into a
 disjunction of conjunctions; in each, constraints on a single ``X`` are input bounds, constraints on ``Y`` are
 output constraints ``A y <= c``. The result is a list of :class:`Property`: one input box each, with the output
-conjunctions that share it. Strict and non-strict comparisons are read alike (a real solver cannot tell them
-apart on a closed box; the float check of a counterexample uses ``<=``).
+conjunctions that share it. Strict and non-strict comparisons are solved alike (proving the closed version
+unsat proves the strict one); a property with a strict output comparison is marked ``strict``, so that a
+counterexample must satisfy every output row strictly on the float model (a tie is never reported ``sat``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def robustness_property(
 # Reading
 # ---------------------------------------------------------------------------------------------------------------
 Linear = dict[str, float]  # variable -> coefficient, "" -> constant
-Atom = Linear  # meaning: sum(coef * var) + const <= 0
+Atom = Linear  # meaning: sum(coef * var) + const <= 0 (< 0 when it holds the key _STRICT)
+#: marker key of an atom read from a strict comparison (``<`` / ``>``).
+_STRICT = "<"
 Dnf = list[list[Atom]]
 
 
@@ -153,10 +156,11 @@ def _formula(expr: object, where: str) -> Dnf:
             raise InputError(f"{where}: {op} takes two terms: {_show(expr)}")
         left, right = _linear(expr[1], where), _linear(expr[2], where)
         diff = _add(left, _scale(right, -1.0))  # left - right
+        marker = {_STRICT: 1.0} if op in ("<", ">") else {}
         if op in ("<=", "<"):
-            return [[diff]]
+            return [[{**diff, **marker}]]
         if op in (">=", ">"):
-            return [[_scale(diff, -1.0)]]
+            return [[{**_scale(diff, -1.0), **marker}]]
         return [[diff, _scale(diff, -1.0)]]
     raise InputError(f"{where}: unsupported formula {_show(expr)}")
 
@@ -200,8 +204,9 @@ def _group(formula: Dnf, n: int, m: int, declared: set[str], where: str, stem: s
     for conj in formula:
         lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
         rows, rhs = [], []
+        strict = False
         for atom in conj:
-            names = [k for k, v in atom.items() if k and v != 0.0]
+            names = [k for k, v in atom.items() if k not in ("", _STRICT) and v != 0.0]
             for name in names:
                 if name not in declared:
                     raise InputError(f"{where}: {name} is used but not declared")
@@ -222,11 +227,12 @@ def _group(formula: Dnf, n: int, m: int, declared: set[str], where: str, stem: s
                     row[int(k[2:])] += atom[k]
                 rows.append(row)
                 rhs.append(-const)
+                strict = strict or _STRICT in atom
             elif names:
                 raise InputError(
                     f"{where}: constraints mixing inputs and outputs are not supported ({names})"
                 )
-            elif const > 0:  # 0 <= -const fails: this conjunction is empty
+            elif const > 0 or (const == 0 and _STRICT in atom):  # a false constant atom: no such conjunction
                 break
         else:
             if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -239,6 +245,8 @@ def _group(formula: Dnf, n: int, m: int, declared: set[str], where: str, stem: s
             if key not in groups:
                 groups[key] = Property(lo, hi, [], False, None, f"{stem}#{len(groups)}")
             groups[key].disjuncts.append(spec)
+            # one strictness per property: strict if any output comparison is (never a tie reported as sat)
+            groups[key].strict = groups[key].strict or strict
     return list(groups.values())
 
 
@@ -249,14 +257,16 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _row_text(row: np.ndarray, bound: float) -> str:
+def _row_text(row: np.ndarray, bound: float, strict: bool) -> str:
+    """One output row ``row @ Y <= bound`` (``<`` when ``strict``) as VNN-LIB text."""
     terms = [f"(* {_num(v)} Y_{k})" if v != 1.0 else f"Y_{k}" for k, v in enumerate(row) if v != 0.0]
     total = terms[0] if len(terms) == 1 else f"(+ {' '.join(terms)})"
-    return f"(<= {total} {_num(bound)})"
+    return f"({'<' if strict else '<='} {total} {_num(bound)})"
 
 
 def write_vnnlib(path: str | Path, prop: Property, comment: str = "") -> Path:
-    """Write ``prop`` as a VNN-LIB 1.0 file (input box, then the output disjunction); returns the path."""
+    """Write ``prop`` as a VNN-LIB 1.0 file (input box, then the output disjunction, with ``<`` for a ``strict``
+    property so that reading it back keeps the strictness); returns the path."""
     path = Path(path)
     n, m = len(prop.lo), prop.num_outputs
     lines = [f"; {line}" for line in comment.splitlines()] if comment else []
@@ -267,7 +277,7 @@ def write_vnnlib(path: str | Path, prop: Property, comment: str = "") -> Path:
         lines.append(f"(assert (<= X_{i} {_num(prop.hi[i])}))")
     conjunctions = []
     for spec, rhs in prop.disjuncts:
-        atoms = [_row_text(row, bound) for row, bound in zip(spec, rhs, strict=True)]
+        atoms = [_row_text(row, bound, prop.strict) for row, bound in zip(spec, rhs, strict=True)]
         conjunctions.append(atoms[0] if len(atoms) == 1 else f"(and {' '.join(atoms)})")
     if len(conjunctions) == 1:
         lines.append(f"(assert {conjunctions[0]})")

@@ -5,7 +5,9 @@ For each correctly classified sample and a region around it, the verifier decide
 region changes the decision: SAFE (proved), UNSAFE (with a counterexample re-validated on the float32 model) or
 UNKNOWN (per-property timeout, or a violation only within float rounding of the decision boundary). The engine
 (:mod:`robustcheck.verifiers.engine`) runs PGD, then interval + CROWN bounds, then Z3 (QF_LRA, exact rational
-weights, only unstable ReLUs split, one query per competing class) or the HiGHS MILP backend on what is left.
+weights, only unstable ReLUs split, one query per competing class) or the HiGHS MILP backend on what is left
+(``engine="milp"``: its SAFE rests on HiGHS's floating-point tolerances unless ``confirm_milp`` has Z3 re-prove
+it exactly). ``branching`` runs Z3 inside a branch and bound over the unstable ReLUs.
 
 Regions (``region``): ``linf`` is the L-infinity ball of radius ``eps`` (and each of ``epsilons`` for the
 verified-vs-eps curve) clipped to the model bounds; ``manipulation`` is the paper's: ``dims`` dimensions, chosen
@@ -66,6 +68,7 @@ class Z3Safety(VerifierPlugin):
         "pgd_restarts": 3,
         "semantics": "float32",
         "branching": True,
+        "confirm_milp": False,
         "examples": 4,
     }
 
@@ -104,16 +107,18 @@ class Z3Safety(VerifierPlugin):
             ) from None
 
     def options(self, seed: int) -> Options:
+        """The engine settings of these params (PGD seeded with ``seed``)."""
         p = self.params
         return Options(
-            p["engine"],
-            p["bounds"],
-            p["timeout"],
-            p["pgd_steps"],
-            p["pgd_restarts"],
-            seed,
-            True,
-            p["semantics"],
+            engine=p["engine"],
+            bounds=p["bounds"],
+            timeout=p["timeout"],
+            pgd_steps=p["pgd_steps"],
+            pgd_restarts=p["pgd_restarts"],
+            seed=seed,
+            semantics=p["semantics"],
+            branching=bool(p["branching"]),
+            confirm_milp=bool(p["confirm_milp"]),
         )
 
     # -- running -------------------------------------------------------------------------------------------
@@ -165,15 +170,8 @@ class Z3Safety(VerifierPlugin):
         found: Outcome | None = None
         for eps in epsilons:
             if found is not None:  # a counterexample at a smaller eps lies in every larger ball too
-                per_eps[eps] = Outcome(
-                    "unsafe",
-                    found.stage,
-                    0.0,
-                    found.counterexample,
-                    found.output,
-                    found.unstable,
-                    "from a smaller eps",
-                )
+                per_eps[eps] = Outcome("unsafe", found.stage, counterexample=found.counterexample,
+                                       output=found.output, unstable=found.unstable, message="from a smaller eps")  # fmt: skip
                 continue
             outcome = self._verify_region(verifier, net, model, x, label, eps, context)
             per_eps[eps] = outcome
