@@ -247,10 +247,23 @@ def test_resume_runs_only_missing_shards(helpers: Any, tmp_path: Path) -> None:
 def test_shard_errors(helpers: Any, tmp_path: Path) -> None:
     runner = Runner(None, quiet=True)
     with pytest.raises(UsageError, match="cannot split its samples into shards"):
-        runner.check([_spec("fgsm", shards=2)])
+        runner.check([_spec("explode", shards=2)])
     with pytest.raises(UsageError, match="9 shards for 8 samples"):
         runner.check([_spec("sleepy", shards=9)])
     with pytest.raises(UsageError, match="shards must be a positive integer"):
         _spec("sleepy", shards=0)
     failed = runner.run([_spec("explode", shards=2)])[0]  # explode is not shardable: run() trusts check()
     assert failed.result.status == "error" and "2 of 2 shards failed" in failed.result.message
+
+
+def test_sharded_attack_equals_the_whole_run(tmp_path: Path) -> None:
+    """FGSM is deterministic per sample: three shards merge into exactly the unsharded result."""
+    params = {"epsilons": [0.0, 0.02, 0.05, 0.1], "examples": 2}
+    whole = _spec("fgsm", params=params, samples=30, batch_size=8)
+    sharded = _spec("fgsm", params=params, samples=30, batch_size=8, shards=3)
+    runner = Runner(None, quiet=True)
+    runner.check([sharded])
+    reference, merged = runner.run([whole, sharded])
+    assert merged.result.metrics == reference.result.metrics and merged.result.score == reference.result.score
+    pd.testing.assert_frame_equal(merged.result.records, reference.result.records)
+    assert len(merged.result.artifacts) == 2

@@ -9,6 +9,8 @@ curve never increases.
 
 With a defense applied, ``adaptive=True`` (default) attacks the defended model end to end;
 ``adaptive=False`` crafts on the bare model and feeds the result through the defense.
+``eot=N`` (> 1) attacks the mean logits over N forward passes (expectation over transformation,
+Athalye et al. 2018): for randomised defenses, each gradient then averages N random draws.
 
 Metrics: ``clean_accuracy``; ``robust_accuracy`` (epsilon as a string -> accuracy);
 ``auc`` (area under the robust-accuracy curve over the epsilon range, in [0, 1]);
@@ -20,11 +22,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from robustcheck.api import Artifact, Probe, ProbeResult, RunContext
 from robustcheck.attacks._foolbox import import_foolbox
@@ -47,7 +51,7 @@ class FoolboxAttack(Probe):
         "Normalised area under the robust-accuracy-vs-epsilon curve (1 = every sample stays correctly "
         "classified at every epsilon; 0 = none does)."
     )
-    common_defaults: ClassVar[dict[str, Any]] = {"adaptive": True, "examples": 4}
+    common_defaults: ClassVar[dict[str, Any]] = {"adaptive": True, "examples": 4, "eot": 1}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -59,6 +63,8 @@ class FoolboxAttack(Probe):
         if not eps or not all(0 <= e < math.inf for e in eps):  # also rejects NaN and inf
             raise UsageError(f"probe {self.name!r}: epsilons must be a non-empty list of finite non-negative numbers, got {eps}")
         self.params["epsilons"] = sorted(float(e) for e in eps)
+        if self.params["eot"] < 1:
+            raise UsageError(f"probe {self.name!r}: eot must be a positive number of draws, got {self.params['eot']}")
 
     def make_attack(self, fb: Any) -> Any:
         raise NotImplementedError
@@ -68,7 +74,7 @@ class FoolboxAttack(Probe):
         epsilons: list[float] = self.params["epsilons"]
         surrogate = context.bare_model if context.bare_model is not None and not self.params["adaptive"] else model
         rows: list[dict[str, Any]] = []
-        robust_parts, clipped_parts, disagreements = [], [], 0
+        clipped_parts, disagreements = [], 0
         status, message = "ok", ""
         for start in range(0, len(data), context.batch_size):
             try:
@@ -79,40 +85,66 @@ class FoolboxAttack(Probe):
             x = data.x[start : start + context.batch_size]
             y = data.y[start : start + context.batch_size]
             clipped, fb_success = self._attack(surrogate, x, y)
-            robust, held, batch_rows = self._evaluate(model, x, y, clipped, start)
+            held, batch_rows = self._evaluate(model, x, y, clipped, start)
             if surrogate is model:  # foolbox judged success on the same model: count where it disagrees
                 disagreements += int((fb_success.numpy() == held).sum())
-            robust_parts.append(robust)
             clipped_parts.append(clipped)
             rows.extend(batch_rows)
             context.advance(len(x))
         if not rows:
             raise ProbeTimeout("time budget spent before the first batch finished")
-        robust_all = np.concatenate(robust_parts, axis=1)
         records = pd.DataFrame(rows)
-        curve = robust_accuracy_curve(robust_all, epsilons)
-        auc = normalized_auc(epsilons, list(curve.values()))
+        adaptive = bool(self.params["adaptive"]) if context.bare_model is not None else None
+        metrics = self._metrics(records, disagreements, adaptive)
+        artifacts = self._examples(model, data, records, torch.cat(clipped_parts, dim=1), epsilons)
+        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+
+    def _metrics(self, records: pd.DataFrame, disagreements: int, adaptive: bool | None) -> dict[str, Any]:
+        """Every metric, from the per-sample records alone (so shards merge exactly).
+
+        A sample is robust at ``epsilons[k]`` if it is classified correctly and no attack up to
+        ``epsilons[k]`` fooled it: its ``min_epsilon`` (first breaking epsilon) is missing or larger.
+        """
+        epsilons: list[float] = self.params["epsilons"]
         correct = records["correct"].to_numpy(bool)
-        fooled_final = correct & ~robust_all[-1]
-        min_eps = records.loc[correct & records["min_epsilon"].notna(), "min_epsilon"]
-        metrics = {
+        min_epsilon = records["min_epsilon"].to_numpy(float)  # NaN: never fooled
+        robust = correct[None, :] & ~(np.asarray(epsilons)[:, None] >= min_epsilon[None, :])
+        curve = robust_accuracy_curve(robust, epsilons)
+        fooled_final = correct & ~robust[-1]
+        broken = min_epsilon[correct & ~np.isnan(min_epsilon)]
+        return {
             "clean_accuracy": float(correct.mean()),
             "robust_accuracy": curve,
-            "auc": auc,
+            "auc": normalized_auc(epsilons, list(curve.values())),
             "attack_success_rate": float(fooled_final.sum() / correct.sum()) if correct.any() else 0.0,
-            "median_min_epsilon": float(min_eps.median()) if len(min_eps) else None,
+            "median_min_epsilon": float(np.median(broken)) if len(broken) else None,
             "norm": self.norm,
-            "adaptive": bool(self.params["adaptive"]) if context.bare_model is not None else None,
+            "adaptive": adaptive,
             # foolbox's success flags contradicting the re-run (only when crafted on the target itself)
             "foolbox_disagreements": int(disagreements),
             "samples": len(records),
         }
-        artifacts = self._examples(model, data, records, torch.cat(clipped_parts, dim=1), epsilons)
-        return ProbeResult(auc, metrics, records, artifacts, status=status, message=message)
+
+    shardable = True
+
+    def merge(self, parts: Sequence[ProbeResult], offsets: Sequence[int]) -> ProbeResult:
+        """Concatenate the shards' records (re-indexed) and recompute every metric from them."""
+        records = pd.concat(
+            [p.records.assign(index=p.records["index"] + offset) for p, offset in zip(parts, offsets, strict=True)],
+            ignore_index=True,
+        )
+        disagreements = sum(int(p.metrics["foolbox_disagreements"]) for p in parts)
+        metrics = self._metrics(records, disagreements, parts[0].metrics.get("adaptive"))
+        artifacts = [a for p in parts for a in p.artifacts][: self.params["examples"]]
+        timeouts = [p.message for p in parts if p.status == "timeout"]
+        status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
+        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
 
     def _attack(self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success flags."""
         fb = import_foolbox()
+        if self.params["eot"] > 1:
+            surrogate = expectation_over_draws(surrogate, self.params["eot"])
         x, y = x.to(surrogate.device), y.to(surrogate.device)
         low, high = surrogate.bounds
         if x.numel() and (x.min() < low or x.max() > high):  # foolbox would fail a bare assert
@@ -138,11 +170,12 @@ class FoolboxAttack(Probe):
 
     def _evaluate(
         self, model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, clipped: torch.Tensor, offset: int
-    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Re-run ``model`` on clean and adversarial images.
 
-        Returns robust flags ``(num_eps, B)`` (correct and not fooled at this or any smaller epsilon),
-        the per-epsilon flags (correct and the adversarial of this epsilon not fooling) and rows.
+        Returns the per-epsilon flags ``(num_eps, B)`` (correct and the adversarial of this epsilon not
+        fooling) and one record per sample; ``min_epsilon`` is the first epsilon at which the sample is
+        not robust (misclassified or fooled at that or any smaller epsilon).
         """
         epsilons = self.params["epsilons"]
         clean_prob = model.predict(x).softmax(1)
@@ -171,7 +204,7 @@ class FoolboxAttack(Probe):
                     "perturbation": float((clipped[first, i] - x[i]).flatten().norm(p=p)),
                 }
             )
-        return robust, held, rows
+        return held, rows
 
     def _examples(
         self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor, epsilons: list[float]
@@ -196,6 +229,34 @@ class FoolboxAttack(Probe):
                 )
             )
         return artifacts
+
+
+class MeanLogits(nn.Module):
+    """``(B, C, H, W)`` -> the mean of ``model``'s logits ``(B, K)`` over ``draws`` forward passes.
+
+    The input is tiled into one batch of ``draws * B`` images, so a randomised model draws
+    independently for each copy.
+    """
+
+    def __init__(self, model: ImageClassifier, draws: int) -> None:
+        super().__init__()
+        self.model, self.draws = model, draws
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x.repeat(self.draws, *([1] * (x.ndim - 1))))
+        return logits.view(self.draws, len(x), -1).mean(dim=0)
+
+
+def expectation_over_draws(model: ImageClassifier, draws: int) -> ImageClassifier:
+    """``model`` averaged over ``draws`` forward passes (EOT), with the same bounds, labels and device."""
+    return ImageClassifier(
+        MeanLogits(model, draws),
+        bounds=model.bounds,
+        labels=model.labels,
+        input_shape=model.input_shape,
+        name=f"{model.name} (EOT x{draws})",
+        device=model.device,
+    )
 
 
 @register("probe", "fgsm")
