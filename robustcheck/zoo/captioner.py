@@ -171,15 +171,10 @@ def train(name: str, out_dir: Path | None = None, *, verbose: bool = True) -> tu
 
     Same seed, thread count and torch build give bit-identical weights.
     """
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    torch.use_deterministic_algorithms(True)
-    try:
+    from robustcheck.zoo.train import deterministic_algorithms
+
+    with deterministic_algorithms():
         return _train(CAPTIONERS[name], out_dir, verbose=verbose)
-    finally:  # a process-wide switch: do not leave it on for the caller
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _train(spec: CaptionerSpec, out_dir: Path | None, *, verbose: bool) -> tuple[Path, float]:

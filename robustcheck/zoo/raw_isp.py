@@ -172,15 +172,10 @@ def train(name: str = NAME, out_dir: Path | None = None, *, verbose: bool = True
     """
     if name != NAME:
         raise ValueError(f"unknown learned camera {name!r}; this module trains {NAME!r}")
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    torch.use_deterministic_algorithms(True)
-    try:
+    from robustcheck.zoo.train import deterministic_algorithms
+
+    with deterministic_algorithms():
         return _train(name, out_dir, verbose=verbose)
-    finally:  # a process-wide switch: do not leave it on for the caller
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _train(name: str, out_dir: Path | None, *, verbose: bool) -> tuple[Path, float]:

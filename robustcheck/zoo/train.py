@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,17 +23,25 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Turn on torch's deterministic algorithms for a training run, then restore the caller's setting
+    (a process-wide switch: do not leave it on)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 def train(name: str, out_dir: Path | None = None, *, verbose: bool = True) -> tuple[Path, float]:
     """Train zoo model ``name`` from scratch; write ``<out_dir>/<name>.pt``; return (path, test accuracy).
 
     Same seed, same thread count and same torch build give bit-identical weights.
     """
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         return _train(name, out_dir, verbose=verbose)
-    finally:  # a process-wide switch: do not leave it on for the caller
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _train(name: str, out_dir: Path | None, *, verbose: bool) -> tuple[Path, float]:
