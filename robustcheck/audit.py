@@ -10,6 +10,7 @@ Config file (every key optional; command-line options override)::
     fail_under = 0.3          # threshold for every probe
     budget = 120              # seconds per run
     executor = "local"        # or "ray" (extra [ray]); ray_address = "auto" joins a running cluster
+    ray_task_gpus = 1         # resources of each Ray task (ray_task_cpus too), overriding the probes' own
     shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
     models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
     defenses = ["none", "bit-depth:bits=3"]
@@ -37,7 +38,7 @@ DEFAULT_OUT = "robustcheck-report"
 DEFAULT_SAMPLES = 100
 DEFAULT_BUDGET_S = 120.0
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
-            "executor", "ray_address", "shards"}  # fmt: skip
+            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards"}  # fmt: skip
 MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
 PROBE_KEYS = {"name", "params", "fail_under"}
 
@@ -72,13 +73,15 @@ class AuditPlan:
     results_db: Path | None = None  # None: OUT/results.db
     executor: str = "local"  # where units run: "local" or "ray" (robustcheck.executors)
     ray_address: str | None = None  # None with executor "ray": start a local Ray instance
+    ray_task_cpus: float | None = None  # per-task resources, overriding what probes declare
+    ray_task_gpus: float | None = None
     shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
 
     def make_executor(self) -> Any:
         """The executor the audit runs on (checked, and Ray imported, before any run)."""
         from robustcheck.executors import create_executor
 
-        return create_executor(self.executor, self.ray_address)
+        return create_executor(self.executor, self.ray_address, task_cpus=self.ray_task_cpus, task_gpus=self.ray_task_gpus)
 
     @property
     def results_db_path(self) -> Path:
@@ -113,6 +116,8 @@ class AuditPlan:
             results_db=Path(values["results_db"]) if values.get("results_db") else None,
             executor=values.get("executor") or "local",
             ray_address=values.get("ray_address"),
+            ray_task_cpus=values.get("ray_task_cpus"),
+            ray_task_gpus=values.get("ray_task_gpus"),
             shards=_positive_int(values.get("shards", 1), "shards"),
         )
 
@@ -187,7 +192,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         values["probes"] = [_probe_choice(p, f"{path}: probes[{i}]") for i, p in enumerate(_as_list(values["probes"], "probes"))]
     if "defenses" in values:
         values["defenses"] = _as_list(values["defenses"], "defenses")
-    for key in ("fail_under", "budget"):
+    for key in ("fail_under", "budget", "ray_task_cpus", "ray_task_gpus"):
         if key in values and not isinstance(values[key], (int, float)):
             raise UsageError(f"{path}: {key!r} must be a number, got {values[key]!r}")
     if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)):

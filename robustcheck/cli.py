@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--results-db", help="results database the runs are appended to, for leaderboards (default OUT/results.db)")
     audit.add_argument("--executor", choices=["local", "ray"], help="where runs execute: in this process (default) or as Ray tasks (extra [ray])")
     audit.add_argument("--shards", type=int, help="split each run of a shardable probe into N sample shards (run in parallel by --executor ray)")
+    audit.add_argument("--ray-task-cpus", type=float, help="CPUs per Ray task (default: what each probe declares, 1)")
+    audit.add_argument("--ray-task-gpus", type=float, help="GPUs per Ray task (default: what each probe declares, 0)")
     audit.add_argument("--ray-address", help="join this Ray cluster ('auto', 'ray://head:10001'); default: start a local Ray instance")
     audit.add_argument("--resume", action="store_true", help="reuse runs already finished in the output folder")
     audit.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
@@ -171,6 +173,8 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
         "results_db": args.results_db,
         "executor": args.executor,
         "ray_address": args.ray_address,
+        "ray_task_cpus": args.ray_task_cpus,
+        "ray_task_gpus": args.ray_task_gpus,
         "shards": args.shards,
     }
     return {k: v for k, v in options.items() if v is not None}

@@ -161,15 +161,20 @@ def import_ray() -> Any:
     return ray
 
 
-def create_executor(name: str | None, address: str | None = None) -> LocalExecutor | RayExecutor:
-    """The executor called ``name`` (``None``: local); ``address`` only applies to ``ray``."""
+def create_executor(
+    name: str | None, address: str | None = None, *, task_cpus: float | None = None, task_gpus: float | None = None
+) -> LocalExecutor | RayExecutor:
+    """The executor called ``name`` (``None``: local); the other options only apply to ``ray``."""
     if name in (None, "local"):
-        if address is not None:
-            raise UsageError("--ray-address needs --executor ray")
+        if address is not None or task_cpus is not None or task_gpus is not None:
+            raise UsageError("--ray-address and --ray-task-cpus/--ray-task-gpus need --executor ray")
         return LocalExecutor()
     if name == "ray":
+        for key, value in (("task_cpus", task_cpus), ("task_gpus", task_gpus)):
+            if value is not None and not value >= 0:
+                raise UsageError(f"ray {key} must be >= 0, got {value}")
         import_ray()  # fail before any run, with the install hint
-        return RayExecutor(address)
+        return RayExecutor(address, task_cpus=task_cpus, task_gpus=task_gpus)
     raise UsageError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
 
 

@@ -36,8 +36,10 @@ def test_create_executor() -> None:
     assert isinstance(create_executor(None), LocalExecutor) and isinstance(create_executor("local"), LocalExecutor)
     with pytest.raises(UsageError, match="unknown executor 'dask'.*local, ray"):
         create_executor("dask")
-    with pytest.raises(UsageError, match="--ray-address needs --executor ray"):
+    with pytest.raises(UsageError, match="--ray-address and --ray-task-cpus/--ray-task-gpus need --executor ray"):
         create_executor("local", "auto")
+    with pytest.raises(UsageError, match="need --executor ray"):
+        create_executor(None, task_gpus=1)
     with pytest.raises(UsageError, match="max_retries"):
         RayExecutor(max_retries=-1)
 
@@ -63,7 +65,7 @@ def test_audit_plan_executor_keys(tmp_path: Path) -> None:
 
 def test_cli_executor_options(cli: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = cli("audit", "--ray-address", "auto", "--quiet")
-    assert result.code == 2 and "--ray-address needs --executor ray" in result.err
+    assert result.code == 2 and "need --executor ray" in result.err
     import builtins
 
     real_import = builtins.__import__
@@ -76,6 +78,12 @@ def test_cli_executor_options(cli: Any, workdir: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(builtins, "__import__", no_ray)
     result = cli("audit", "--executor", "ray", "--quiet")
     assert result.code == 2 and "pip install 'robustcheck-harness[ray]'" in result.err
+
+
+def test_task_resources_come_from_the_probe_and_can_be_overridden() -> None:
+    spec = RunSpec(model="digits-mlp", probe="fgsm")
+    assert RayExecutor()._resources(spec) == {"num_cpus": 1.0, "num_gpus": 0.0}  # Plugin.resources default
+    assert RayExecutor(task_cpus=2, task_gpus=0.5)._resources(spec) == {"num_cpus": 2.0, "num_gpus": 0.5}
 
 
 # --------------------------------------------------------------------------- Ray
