@@ -214,3 +214,19 @@ def test_jpeg_greyscale_and_bounds() -> None:
 def test_jpeg_bad_quality(params: dict, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         create_defense("jpeg", **params)
+
+
+def test_jpeg_straight_through_gradient_is_the_identity() -> None:
+    from robustcheck.loading import load_model
+
+    model = load_model("digits-cnn")
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    codec = create_defense("jpeg:quality=50").transform(model)
+    bpda = create_defense("jpeg:quality=50,backward=identity").transform(model)
+    torch.testing.assert_close(bpda(x), codec(x), rtol=0, atol=1e-6)  # same forward pass (up to x + (c - x))
+    bpda(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # backward: identity
+    assert create_defense("jpeg:backward=identity").apply(model).gradients == "approximate"
+    assert create_defense("jpeg").apply(model).gradients == "exact"
+    with pytest.raises(UsageError, match="backward must be 'codec' or 'identity'"):
+        create_defense("jpeg:backward=none")

@@ -91,14 +91,22 @@ class JPEGCodec(nn.Module):
 
     Colour images are coded as RGB (YCbCr with 4:2:0 chroma subsampling inside kornia); greyscale
     ``(B, 1, H, W)`` images are coded as grey RGB and averaged back to one channel.
+
+    With ``straight_through``, the backward pass is the identity (BPDA, Athalye et al. 2018) instead of
+    the gradient of kornia's smooth rounding, which can point attacks the wrong way.
     """
 
-    def __init__(self, quality: int, bounds: tuple[float, float] = (0.0, 1.0)) -> None:
+    def __init__(self, quality: int, bounds: tuple[float, float] = (0.0, 1.0), straight_through: bool = False) -> None:
         super().__init__()
         self.quality = quality
         self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.straight_through = straight_through
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coded = self._code(x)
+        return x + (coded - x).detach() if self.straight_through else coded
+
+    def _code(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.bounds
         unit = (x - low) / (high - low)
         channels = unit.shape[1]
@@ -116,19 +124,24 @@ class JPEGCodec(nn.Module):
 
 @register("defense", "jpeg")
 class JPEG(Defense):
-    """JPEG compression at ``quality`` (1-100) through kornia's differentiable codec; exact gradients.
+    """JPEG compression at ``quality`` (1-100) through kornia's differentiable codec.
 
     kornia rounds the DCT coefficients with a differentiable approximation of rounding (Shin & Song
-    2017), so gradients through it are those of the function it computes.
+    2017): with ``backward="codec"`` (default) gradients are those of the function it computes
+    ("exact"); measured adaptive attacks through them can be *weaker* than non-adaptive ones, so
+    ``backward="identity"`` offers the straight-through (BPDA) gradient instead ("approximate").
     """
 
-    defaults = {"quality": 75}
+    defaults = {"quality": 75, "backward": "codec"}
     gradients = "exact"
 
     def validate(self) -> None:
-        quality = self.params["quality"]
+        quality, backward = self.params["quality"], self.params["backward"]
         if not 1 <= quality <= 100:
             raise UsageError(f"defense 'jpeg': quality must be in 1..100, got {quality}")
+        if backward not in ("codec", "identity"):
+            raise UsageError(f"defense 'jpeg': backward must be 'codec' or 'identity' (BPDA), got {backward!r}")
+        self.gradients = "exact" if backward == "codec" else "approximate"  # per instance: it depends on a param
 
     def transform(self, model: ImageClassifier) -> nn.Module:
-        return JPEGCodec(self.params["quality"], model.bounds)
+        return JPEGCodec(self.params["quality"], model.bounds, straight_through=self.params["backward"] == "identity")
