@@ -246,16 +246,8 @@ class ImageCaptioner(ImageClassifier):
         ``input_shape``, ``name``, ``default_data``); ``labels`` do not apply to captioners."""
         if options.get("labels") is not None:
             raise UsageError(f"captioner {self.name!r} takes no labels (its words come from its vocabulary)")
-        current: dict[str, Any] = {
-            "bounds": self.bounds,
-            "input_shape": self.input_shape,
-            "name": self.name,
-            "default_data": self.default_data,
-        }
-        if self.normalize is not None:
-            current["mean"] = self.normalize.mean.flatten().tolist()
-            current["std"] = self.normalize.std.flatten().tolist()
-        merged = {**current, **{k: v for k, v in options.items() if k != "labels"}}
+        merged = {**self.adapter_options(), **options}
+        del merged["labels"]
         merged["bounds"] = tuple(merged["bounds"])
         return ImageCaptioner(
             self.module,

@@ -97,24 +97,7 @@ def load_model(source: str | nn.Module | ImageClassifier, **options: Any) -> Ima
 
 def _apply_options(model: ImageClassifier, adapter: dict[str, Any]) -> ImageClassifier:
     """Re-wrap ``model`` when adapter options (bounds, labels, ...) override its own."""
-    if not adapter:
-        return model
-    if getattr(model, "is_captioner", False):  # keep the decoder: captioners re-wrap themselves
-        return model.with_options(adapter)  # type: ignore[attr-defined]
-    current = {
-        "bounds": model.bounds,
-        "labels": model.labels,
-        "input_shape": model.input_shape,
-        "name": model.name,
-        "default_data": model.default_data,
-    }
-    if model.normalize is not None:
-        current["mean"] = model.normalize.mean.flatten().tolist()
-        current["std"] = model.normalize.std.flatten().tolist()
-    options = {**current, **adapter}
-    if isinstance(options.get("bounds"), list):
-        options["bounds"] = tuple(options["bounds"])
-    return ImageClassifier(model.module, device=model.device, **options)
+    return model.with_options(adapter) if adapter else model
 
 
 def _call_factory(factory: Any, name: str, options: dict[str, Any]) -> Any:

@@ -204,6 +204,27 @@ class ImageClassifier(nn.Module):
         """True if the network is built only of Linear/Conv2d/ReLU/Flatten layers (exact verification)."""
         return all(isinstance(m, RELU_NETWORK_MODULES) for m in self.module.modules())
 
+    def adapter_options(self) -> dict[str, Any]:
+        """The adapter options this wrapper holds (``bounds``, ``labels``, ``input_shape``, ``name``,
+        ``default_data`` and, with normalisation, ``mean`` / ``std``), as keyword arguments."""
+        options: dict[str, Any] = {
+            "bounds": self.bounds,
+            "labels": self.labels,
+            "input_shape": self.input_shape,
+            "name": self.name,
+            "default_data": self.default_data,
+        }
+        if self.normalize is not None:
+            options["mean"] = self.normalize.mean.flatten().tolist()
+            options["std"] = self.normalize.std.flatten().tolist()
+        return options
+
+    def with_options(self, options: dict[str, Any]) -> ImageClassifier:
+        """The same network re-wrapped with ``options`` overriding this wrapper's adapter options."""
+        merged = {**self.adapter_options(), **options}
+        merged["bounds"] = tuple(merged["bounds"])
+        return ImageClassifier(self.module, device=self.device, **merged)
+
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary (name, bounds, shape, classes, normalisation)."""
         return {
