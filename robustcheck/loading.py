@@ -239,19 +239,21 @@ def _create(kind: str, base: type, spec: str, params: dict[str, Any]) -> Any:
     return cls(**{**spec_params, **params})
 
 
+def _probe_kind(name: str) -> str:
+    """``"probe"``, or ``"verifier"`` for a name only the verifier group knows (verifiers run as probes)."""
+    return "verifier" if name not in registry.names("probe") and name in registry.names("verifier") else "probe"
+
+
 def plugin_class(spec: str) -> Any:
     """The class registered under the probe (or verifier) name of ``spec``, without creating it."""
     name, _ = parse_spec(spec)
-    kind = "verifier" if name not in registry.names("probe") and name in registry.names("verifier") else "probe"
-    return registry.get(kind, name).obj
+    return registry.get(_probe_kind(name), name).obj
 
 
 def create_probe(spec: str, **params: Any) -> Probe:
     """``create_probe("pgd-linf:steps=20", epsilons=[0, 0.03])``; verifiers are found here too."""
     name, _ = parse_spec(spec)
-    if name not in registry.names("probe") and name in registry.names("verifier"):
-        return _create("verifier", Probe, spec, params)
-    return _create("probe", Probe, spec, params)
+    return _create(_probe_kind(name), Probe, spec, params)
 
 
 def create_defense(spec: str, **params: Any) -> Defense:
