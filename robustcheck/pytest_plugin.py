@@ -21,6 +21,10 @@ Options (group "robustcheck"): ``--robustcheck-seed``, ``--robustcheck-budget``,
 (``results.json`` content), ``--robustcheck-baseline`` with ``--robustcheck-update-baseline`` and
 ``--robustcheck-tolerance`` (fail when a score drops below its recorded baseline). Scores are added
 to each test's ``user_properties`` (``robustcheck:<probe>``), so ``--junitxml`` reports them.
+
+Under pytest-xdist (``-n N``) every worker hands its runs (results, example images, baseline scores
+to record) to the controller when it finishes, and the controller writes one report, one JSON file
+and one baseline for the whole session, exactly as a single process does.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ DEFAULT_TOLERANCE = 0.02
 WORST_SAMPLES = 5
 SAMPLE_COLUMNS = ("index", "label", "prediction", "adv_prediction", "min_epsilon")
 BASELINE_FORMAT = 1
+#: key of a worker's runs in pytest-xdist's ``workeroutput``
+WORKER_OUTPUT = "robustcheck"
 #: floating-point slack when comparing a score with its threshold or baseline.
 EPSILON = 1e-9
 
@@ -138,10 +144,25 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the session report, results JSON and updated baseline (not on xdist workers)."""
+    """Write the session report, results JSON and updated baseline; an xdist worker hands its runs to
+    the controller instead, which writes them (see :func:`pytest_testnodedown`)."""
     state = _state(session.config)
-    if state is not None and not hasattr(session.config, "workerinput"):
+    if state is None:
+        return
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output[WORKER_OUTPUT] = state.worker_payload()
+    else:
         state.write_outputs()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist controller: take over the runs of a worker that finished."""
+    state = _state(node.config)
+    payload = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if state is not None and payload is not None:
+        state.absorb(payload)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -277,14 +298,22 @@ class RobustCheck:
         self._keys: dict[tuple[str, str], int] = {}
         self.baseline = Baseline.load(settings.baseline) if settings.baseline is not None else None
         self._written: list[str] = []
+        #: xdist controller: finished runs of the workers (``results.json`` entries) and their example images
+        self._worker_runs: list[dict[str, Any]] = []
+        self._worker_artifacts: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"<robustcheck session: seed {self.seed}, {len(self.checks)} run(s)>"
+        return f"<robustcheck session: seed {self.seed}, {self.run_count} run(s)>"
 
     # -- public API ----------------------------------------------------------------------------
     @property
     def seed(self) -> int:
         return self.settings.seed
+
+    @property
+    def run_count(self) -> int:
+        """Runs of the session so far, the xdist workers' included."""
+        return len(self.checks) + len(self._worker_runs)
 
     @property
     def outcomes(self) -> list[RunOutcome]:
@@ -340,13 +369,39 @@ class RobustCheck:
         return check.outcome.result
 
     def results(self) -> dict[str, Any]:
-        """The session's ``results.json`` content (each run also names its ``test``)."""
+        """The session's ``results.json`` content (each run also names its ``test``); under xdist the
+        workers' runs, sorted by test (a test's runs keep their order)."""
         from robustcheck.runner import Runner
 
         results = Runner(None, quiet=True).results(self.outcomes, self.seed)
         for run, check in zip(results["runs"], self.checks, strict=True):
             run["test"] = check.test
+        results["runs"] += sorted(self._worker_runs, key=lambda run: run["test"])
         return results
+
+    # -- pytest-xdist --------------------------------------------------------------------------
+    def worker_payload(self) -> str:
+        """What an xdist worker sends the controller (JSON text): its runs, images and recorded scores."""
+        from robustcheck.store import artifacts_to_json
+
+        return json.dumps(
+            {
+                "runs": self.results()["runs"],
+                "artifacts": {c.outcome.spec.run_id: artifacts_to_json(c.outcome.result.artifacts) for c in self.checks},
+                "recorded": self.baseline.recorded if self.baseline is not None else {},
+            },
+            default=json_default,
+        )
+
+    def absorb(self, payload: str) -> None:
+        """Controller side of :meth:`worker_payload`: keep a worker's runs for the session outputs."""
+        content = json.loads(payload)
+        self._worker_runs += content["runs"]
+        self._worker_artifacts.update(content["artifacts"])
+        if self.baseline is not None:
+            for test, scores in content["recorded"].items():
+                for key, score in scores.items():
+                    self.baseline.record(test, key, score)
 
     # -- running -------------------------------------------------------------------------------
     def _check(
@@ -495,7 +550,10 @@ class RobustCheck:
             if settings.report is not None:
                 from robustcheck.reports.html import write_report
 
-                artifacts = {c.outcome.spec.run_id: c.outcome.result.artifacts for c in self.checks}
+                from robustcheck.store import artifacts_from_json
+
+                artifacts = {run_id: artifacts_from_json(text) for run_id, text in self._worker_artifacts.items()}
+                artifacts.update({c.outcome.spec.run_id: c.outcome.result.artifacts for c in self.checks})
                 write_report(settings.report, results, artifacts, title="robustcheck: pytest session")
                 self._written.append(f"report: {settings.report}")
         if settings.update_baseline and self.baseline is not None:
@@ -503,7 +561,7 @@ class RobustCheck:
             self._written.append(f"baseline updated: {self.baseline.path} ({_count(self.baseline.recorded)} scores recorded)")
 
     def summary_lines(self) -> list[str]:
-        lines = [f"{len(self.checks)} robustness run(s), seed {self.seed}"] if self.checks else []
+        lines = [f"{self.run_count} robustness run(s), seed {self.seed}"] if self.run_count else []
         lines += self._written
         baseline = self.baseline
         if baseline is not None and not baseline.exists and not self.settings.update_baseline:

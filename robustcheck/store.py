@@ -69,7 +69,8 @@ def _records_from_json(text: str) -> pd.DataFrame:
     return records
 
 
-def _artifacts_to_json(artifacts: list[Artifact]) -> str:
+def artifacts_to_json(artifacts: list[Artifact]) -> str:
+    """Artifacts as JSON text (images as base64 PNG); :func:`artifacts_from_json` reads it back."""
     return json.dumps(
         [
             {"title": a.title, "captions": a.captions, "png": [base64.b64encode(p).decode("ascii") for p in a.png_images()]}
@@ -78,7 +79,7 @@ def _artifacts_to_json(artifacts: list[Artifact]) -> str:
     )
 
 
-def _artifacts_from_json(text: str) -> list[Artifact]:
+def artifacts_from_json(text: str) -> list[Artifact]:
     return [Artifact(a["title"], [base64.b64decode(p) for p in a["png"]], a["captions"]) for a in json.loads(text)]
 
 
@@ -110,7 +111,7 @@ class RunStore:
             json.dumps(spec, default=_json_default),
             json.dumps(result, default=_json_default),
             _records_to_json(records),
-            _artifacts_to_json(artifacts),
+            artifacts_to_json(artifacts),
         )
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO runs (run_id, spec, result, records, artifacts) VALUES (?, ?, ?, ?, ?)", payload)
@@ -121,7 +122,7 @@ class RunStore:
             row = db.execute("SELECT result, records, artifacts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        return json.loads(row[0]), _records_from_json(row[1]), _artifacts_from_json(row[2])
+        return json.loads(row[0]), _records_from_json(row[1]), artifacts_from_json(row[2])
 
     def run_ids(self) -> set[str]:
         with self._connect() as db:

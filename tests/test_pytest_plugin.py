@@ -163,6 +163,37 @@ def test_scores_in_junit_xml(pytester: pytest.Pytester) -> None:
     assert 0.0 <= scores["robustcheck:fgsm"] <= 1.0
 
 
+def test_xdist_workers_hand_their_runs_to_one_report_json_and_baseline(pytester: pytest.Pytester) -> None:
+    """Under ``-n 2`` the controller writes the outputs of both workers' runs (workers start their own
+    Python, so this takes a few seconds)."""
+    pytest.importorskip("xdist")
+    source = """
+    def test_one(robustcheck):
+        robustcheck.assert_robust("digits-mlp", "digits", probe="fgsm", min_score=0.0, samples=8, epsilons=[0, 0.1])
+
+    def test_two(robustcheck):
+        robustcheck.assert_robust("digits-mlp", "digits", probe="fgsm", min_score=0.0, samples=8, epsilons=[0, 0.2])
+        robustcheck.run("digits-mlp", "digits", "deepfool", samples=8)  # run() records no baseline score
+    """
+    args = ("-p", "xdist", "-n", "2", "--robustcheck-json=r.json", "--robustcheck-report=r.html")
+    result = run_inner(pytester, source, *args, "--robustcheck-baseline=b.json", "--robustcheck-update-baseline")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*3 robustness run(s), seed 0*", "*report: *r.html*", "*baseline updated: *b.json (2 scores recorded)*"])
+    runs = json.loads((pytester.path / "r.json").read_text())["runs"]
+    assert [(r["test"], r["probe"]) for r in runs] == [
+        ("test_inner.py::test_one", "fgsm"), ("test_inner.py::test_two", "fgsm"), ("test_inner.py::test_two", "deepfool")
+    ]
+    assert all(r["status"] == "ok" for r in runs)
+    html = (pytester.path / "r.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") > 0 and "deepfool" in html
+    scores = json.loads((pytester.path / "b.json").read_text())["scores"]
+    assert {test: set(entry) for test, entry in scores.items()} == {"test_inner.py::test_one": {"fgsm"}, "test_inner.py::test_two": {"fgsm"}}
+    # the same scores come out of a single process
+    single = run_inner(pytester, source, "--robustcheck-json=s.json")
+    single.assert_outcomes(passed=2)
+    assert [r["score"] for r in json.loads((pytester.path / "s.json").read_text())["runs"]] == [r["score"] for r in runs]
+
+
 # --------------------------------------------------------------------------- baseline
 
 
