@@ -549,7 +549,6 @@ class RobustCheck:
                 self._written.append(f"results: {settings.json_path}")
             if settings.report is not None:
                 from robustcheck.reports.html import write_report
-
                 from robustcheck.store import artifacts_from_json
 
                 artifacts = {run_id: artifacts_from_json(text) for run_id, text in self._worker_artifacts.items()}

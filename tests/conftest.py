@@ -307,54 +307,6 @@ CIFAR_NPZ = SHARED_DATA / "cifar10-test-jpeg.npz"
 CIFAR_MODEL_VERSION = "v2"  # bump when the architecture or training recipe changes (invalidates the cache)
 
 
-def _cifar_cnn() -> Any:
-    from torch import nn
-
-    def block(c_in: int, c_out: int) -> list[nn.Module]:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-    return nn.Sequential(
-        *block(3, 32), *block(32, 32), nn.MaxPool2d(2),    # 32 x 16 x 16
-        *block(32, 64), *block(64, 64), nn.MaxPool2d(2),   # 64 x 8 x 8
-        *block(64, 128), nn.MaxPool2d(2),                  # 128 x 4 x 4
-        nn.Flatten(), nn.Dropout(0.2), nn.Linear(128 * 16, 10),
-    )  # fmt: skip
-
-
-def _train_cifar_cnn(x: Any, y: Any, epochs: int = 12, seed: int = 0) -> Any:
-    """Adam + one-cycle schedule, random crops (4 px padding) and horizontal flips; deterministic for a seed."""
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    module = _cifar_cnn()
-    optimizer = torch.optim.Adam(module.parameters(), lr=2e-3)
-    steps_per_epoch = -(-len(x) // 128)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    module.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 128):
-            batch = x[order[start : start + 128]]
-            flip = torch.rand(len(batch), generator=generator) < 0.5
-            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(3), batch)
-            # the standard CIFAR recipe: a random 32x32 crop of the image padded by 4 px, per image
-            padded = F.pad(batch, (4, 4, 4, 4), mode="reflect")
-            ox, oy = torch.randint(0, 9, (2, len(batch)), generator=generator).tolist()
-            batch = torch.stack([padded[i, :, b : b + 32, a : a + 32] for i, (a, b) in enumerate(zip(ox, oy, strict=True))])
-            loss = F.cross_entropy(module((batch - mean) / std), y[order[start : start + 128]])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    return module.eval()
-
-
-CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-
-
 @pytest.fixture(scope="session")
 def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     """A small CIFAR-10 CNN trained here on 8,000 of the shared CIFAR-10 test images, and the other 2,000.
@@ -371,16 +323,17 @@ def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
 
     from robustcheck.data import ImageDataset, hwc_uint8_to_tensor
     from robustcheck.models import ImageClassifier
+    from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, cifar_cnn, train_cifar_cnn
 
     with np.load(CIFAR_NPZ) as npz:
         x, y, classes = hwc_uint8_to_tensor(npz["x"]), torch.from_numpy(npz["y"].astype(np.int64)), [str(c) for c in npz["classes"]]
     held_out = torch.arange(len(x)) % 5 == 0  # every fifth image: 200 per class
     weights = Path(request.config.cache.mkdir("robustcheck-cifar")) / f"cifar-cnn-{CIFAR_MODEL_VERSION}.pt"
-    module = _cifar_cnn()
+    module = cifar_cnn()
     if weights.exists():
         module.load_state_dict(torch.load(weights, weights_only=True))
     else:
-        module = _train_cifar_cnn(x[~held_out], y[~held_out])
+        module = train_cifar_cnn(x[~held_out], y[~held_out])
         torch.save(module.state_dict(), weights)
     model = ImageClassifier(
         module.eval(), bounds=(0.0, 1.0), mean=CIFAR_MEAN, std=CIFAR_STD, labels=classes, input_shape=(3, 32, 32), name="cifar-cnn"

@@ -232,7 +232,7 @@ def test_learned_mode_is_deterministic_and_close_to_identity() -> None:
 
 
 def test_shipped_weights_are_small_and_load_safely() -> None:
-    assert learned.WEIGHTS_PATH.stat().st_size < 1_000_000
+    assert learned.WEIGHTS_PATH.stat().st_size < 3_000_000
     state = torch.load(learned.WEIGHTS_PATH, weights_only=True)
     assert set(state) == set(learned.LearnedCamera().state_dict())
 
