@@ -229,6 +229,9 @@ class CropSelection(Defense):
     fooled when any of its moves flips it: fooling rate 18.3% without, 17.7% / 17.5% / 22.2% with crop
     selection at window 3 / 5 / 9 (accuracy 70.3% -> 72.5% / 72.0% / 66.0%). Crop selection pays off only
     where (crop-change rate) x (flip rate of a changed crop) falls well below the bare model's flip rate.
+    In the paper's geometry (crops inside larger real images, large K; ``benchmarks/bench_crop_selection.py``:
+    CIFAR-10 resized to 156 px, 128 px crops, 1,000 images) fooling went from 6.4% to 4.9% at window 25
+    for 1.3 points of accuracy: a small CNN's labels differ between crops a few pixels apart too often.
 
     Gradients are ``"approximate"``: the crop is a gather, so autograd returns the exact derivative of
     the model with the chosen offset held fixed (true almost everywhere); but the defended function
