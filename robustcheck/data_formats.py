@@ -780,8 +780,8 @@ def _foolbox_data_dir() -> Path:
     return Path(locations[0]) / "data"
 
 
-def _foolbox_samples(dataset: str, classes: list[str] | None, name: str, size: tuple[int, int] | None = None) -> ImageDataset:
-    """foolbox's ``<dataset>_<index>_<label>.<ext>`` files, in index order; label = last number."""
+def _foolbox_files(dataset: str) -> list[tuple[int, int, Path]]:
+    """foolbox's ``<dataset>_<index>_<label>.<ext>`` files as ``(index, label, path)``, in index order."""
     folder = _foolbox_data_dir()
     found: list[tuple[int, int, Path]] = []
     if folder.is_dir():
@@ -791,7 +791,18 @@ def _foolbox_samples(dataset: str, classes: list[str] | None, name: str, size: t
                 found.append((int(match["index"]), int(match["label"]), path))
     if not found:
         raise InputError(f"{folder}: no {dataset} sample images (expected {dataset}_00_<label>.png and so on)")
-    found.sort()
+    return sorted(found)
+
+
+def foolbox_photos(dataset: str = "imagenet") -> list[np.ndarray]:
+    """foolbox's ``dataset`` sample images as float32 ``(H, W, 3)`` arrays in ``[0, 1]``, each at its stored size."""
+    return [_decode_image(path, False, None) for _, _, path in _foolbox_files(dataset)]
+
+
+def _foolbox_samples(dataset: str, classes: list[str] | None, name: str, size: tuple[int, int] | None = None) -> ImageDataset:
+    """foolbox's ``<dataset>_<index>_<label>.<ext>`` files, in index order; label = last number."""
+    folder = _foolbox_data_dir()
+    found = _foolbox_files(dataset)
     grey = dataset == "mnist"
     x = np.stack([_decode_image(path, grey, size) for _, _, path in found]).transpose(0, 3, 1, 2)
     y = np.array([label for _, label, _ in found], dtype=np.int64)
@@ -808,6 +819,11 @@ def foolbox_imagenet(size: int = FOOLBOX_IMAGENET_SIZE) -> ImageDataset:
 def foolbox_cifar10() -> ImageDataset:
     """foolbox's 20 labelled CIFAR-10 test samples, 3x32x32 in [0, 1]."""
     return _foolbox_samples("cifar10", list(CIFAR10_CLASSES), "foolbox-cifar10")
+
+
+def foolbox_cifar100() -> ImageDataset:
+    """foolbox's 20 CIFAR-100 samples, 3x32x32 in [0, 1] (labels 0-99, unnamed)."""
+    return _foolbox_samples("cifar100", None, "foolbox-cifar100")
 
 
 def foolbox_mnist() -> ImageDataset:

@@ -132,31 +132,15 @@ def load_learned_camera(weights: str | Path | None = None) -> LearnedCamera:
 # ---------------------------------------------------------------------------------------------------
 # training data
 # ---------------------------------------------------------------------------------------------------
-def _photo(path_or_array: object) -> torch.Tensor:
-    """An RGB photo (file path or ``(H, W, 3)`` uint8 array) as ``(1, 3, H, W)`` in ``[0, 1]``."""
-    if not isinstance(path_or_array, np.ndarray):
-        from PIL import Image
-
-        with Image.open(path_or_array) as image:  # type: ignore[arg-type]
-            path_or_array = np.asarray(image.convert("RGB"))
-    array = np.ascontiguousarray(path_or_array.transpose(2, 0, 1))
-    return torch.from_numpy(array).float().unsqueeze(0) / 255.0
-
-
-def _foolbox_samples(prefix: str) -> list[Path]:
-    import foolbox
-
-    return sorted((Path(foolbox.__file__).parent / "data").glob(f"{prefix}_*"))
-
-
 def photo_patches(count: int, generator: torch.Generator, size: int = PATCH) -> torch.Tensor:
     """``count`` random ``size`` x ``size`` crops ``(count, 3, size, size)`` in ``[0, 1]`` of foolbox's
     ImageNet sample photos and scikit-learn's sample photos, each taken at :data:`PHOTO_SCALES`."""
     from sklearn.datasets import load_sample_images
 
-    photos = [_photo(p) for p in _foolbox_samples("imagenet")] + [
-        _photo(a) for a in load_sample_images().images
-    ]
+    from robustcheck.data_formats import foolbox_photos
+
+    arrays = foolbox_photos("imagenet") + [image / np.float32(255.0) for image in load_sample_images().images]
+    photos = [torch.from_numpy(a.transpose(2, 0, 1).copy()).float().unsqueeze(0) for a in arrays]
     sources = [F.interpolate(photo, scale_factor=s, mode="area") for photo in photos for s in PHOTO_SCALES]
     crops = []
     for k in range(count):
@@ -170,9 +154,9 @@ def photo_patches(count: int, generator: torch.Generator, size: int = PATCH) -> 
 def training_images(generator: torch.Generator) -> torch.Tensor:
     """Digits-rgb32 training images, photo crops and foolbox's CIFAR-100 samples, ``(N, 3, 32, 32)`` in ``[0, 1]``."""
     from robustcheck.data import digits_rgb32
+    from robustcheck.data_formats import foolbox_cifar100
 
-    cifar100 = torch.cat([_photo(p) for p in _foolbox_samples("cifar100")])
-    return torch.cat([digits_rgb32("train").x, photo_patches(PHOTO_PATCHES, generator), cifar100])
+    return torch.cat([digits_rgb32("train").x, photo_patches(PHOTO_PATCHES, generator), foolbox_cifar100().x])
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
