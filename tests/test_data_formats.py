@@ -570,6 +570,7 @@ def test_torchvision_with_fake_module(tmp_path: Path, fake_torchvision: types.Mo
     [
         (foolbox_imagenet, (3, 224, 224), 1000, "foolbox-imagenet"),
         (foolbox_cifar10, (3, 32, 32), 10, "foolbox-cifar10"),
+        (data_formats.foolbox_cifar100, (3, 32, 32), 100, "foolbox-cifar100"),
         (foolbox_mnist, (1, 28, 28), 10, "foolbox-mnist"),
     ],
 )
@@ -589,6 +590,14 @@ def test_foolbox_samples_known_labels_and_registry() -> None:
     cifar = foolbox_cifar10()
     assert cifar.classes is not None and cifar.classes[cifar.y[0]] == "cat"  # cifar10_00_3.png
     assert foolbox_imagenet(size=64).shape == (3, 64, 64)
+
+
+def test_foolbox_photos_keep_their_stored_sizes() -> None:
+    photos = data_formats.foolbox_photos("imagenet")
+    assert len(photos) == 20 and all(p.dtype == np.float32 and p.ndim == 3 and p.shape[2] == 3 for p in photos)
+    assert (683, 1024, 3) in {p.shape for p in photos}  # imagenet_10_541.jpg is not 512 x 512
+    assert all(0.0 <= p.min() and p.max() <= 1.0 for p in photos)
+    np.testing.assert_allclose(photos[0], foolbox_imagenet(size=512).x[0].numpy().transpose(1, 2, 0))
 
 
 def test_foolbox_samples_without_foolbox(monkeypatch: pytest.MonkeyPatch) -> None:
