@@ -11,7 +11,7 @@ adversarial training:
   ``demosaic="bilinear"`` models a sensor at the image resolution with kornia's bilinear demosaicing:
   it blurs fine detail (38 dB on digits-rgb32, 23-26 dB on CIFAR-10 / ImageNet samples) and needs even
   H and W.
-* ``mode="learned"``: two small CNNs (:mod:`robustcheck.zoo.raw_isp`), F: RGB -> packed RAW and
+* ``mode="learned"``: two CNNs (:mod:`robustcheck.zoo.raw_isp`), F: RGB -> packed RAW and
   G: RAW -> RGB, trained on classic-pipeline pairs with sensor-noise augmentation; G denoises.
 
 ``noise`` is the shot-noise factor of the sensor model (variance ``noise * raw + read`` with the read
