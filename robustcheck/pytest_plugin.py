@@ -151,7 +151,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     worker_output = getattr(session.config, "workeroutput", None)
     if worker_output is not None:
-        worker_output[WORKER_OUTPUT] = state.worker_payload()
+        if state.checks:  # a worker without runs imports nothing heavy
+            worker_output[WORKER_OUTPUT] = state.worker_payload()
     else:
         state.write_outputs()
 
