@@ -33,28 +33,18 @@ import torch.nn.functional as F
 from robustcheck.data import ImageDataset, hwc_uint8_to_tensor
 from robustcheck.loading import create_probe
 from robustcheck.models import ImageClassifier
-from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, train_cifar_cnn
+from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, held_out_split, train_cifar_cnn
 
 CIFAR_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test-jpeg.npz"
 #: paper geometry: image size after the one resize, model input, patchify stem
 PHOTO, CROP, STEM = 156, 128, 4
 
 
-def balanced_split(y: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training indices (4 of every 5 images) and ``count`` held-out indices cycling through the classes."""
-    held = torch.arange(len(y)) % 5 == 0
-    index = torch.nonzero(held).flatten().numpy()
-    labels = y[index].numpy()
-    rank = np.zeros(len(index), dtype=np.int64)
-    for c in np.unique(labels):
-        rank[labels == c] = np.arange(int((labels == c).sum()))
-    return torch.nonzero(~held).flatten(), torch.from_numpy(index[np.lexsort((labels, rank))][:count])
-
-
 def measure(
     geometry: str, x: torch.Tensor, y: torch.Tensor, classes: list[str], args: argparse.Namespace
 ) -> None:
-    train, test = balanced_split(y, args.samples)
+    train, test = held_out_split(y)
+    test = test[: args.samples]
     if geometry == "paper":
         x = F.interpolate(x, size=(PHOTO, PHOTO), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
         recipe, stem, size, windows = {"crop": CROP, "pad": 0}, STEM, CROP, args.windows

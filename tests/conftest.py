@@ -323,26 +323,19 @@ def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
 
     from robustcheck.data import ImageDataset, hwc_uint8_to_tensor
     from robustcheck.models import ImageClassifier
-    from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, cifar_cnn, train_cifar_cnn
+    from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, cifar_cnn, held_out_split, train_cifar_cnn
 
     with np.load(CIFAR_NPZ) as npz:
         x, y, classes = hwc_uint8_to_tensor(npz["x"]), torch.from_numpy(npz["y"].astype(np.int64)), [str(c) for c in npz["classes"]]
-    held_out = torch.arange(len(x)) % 5 == 0  # every fifth image: 200 per class
+    train, held_out = held_out_split(y)  # every fifth image (200 per class), classes interleaved
     weights = Path(request.config.cache.mkdir("robustcheck-cifar")) / f"cifar-cnn-{CIFAR_MODEL_VERSION}.pt"
     module = cifar_cnn()
     if weights.exists():
         module.load_state_dict(torch.load(weights, weights_only=True))
     else:
-        module = train_cifar_cnn(x[~held_out], y[~held_out])
+        module = train_cifar_cnn(x[train], y[train])
         torch.save(module.state_dict(), weights)
     model = ImageClassifier(
         module.eval(), bounds=(0.0, 1.0), mean=CIFAR_MEAN, std=CIFAR_STD, labels=classes, input_shape=(3, 32, 32), name="cifar-cnn"
     )
-    # the file is sorted by class: interleave the classes so that any head(n) is class-balanced
-    index = torch.nonzero(held_out).flatten().numpy()
-    labels = y[index].numpy()
-    rank = np.zeros(len(index), dtype=np.int64)
-    for c in np.unique(labels):
-        rank[labels == c] = np.arange(int((labels == c).sum()))
-    index = torch.from_numpy(index[np.lexsort((labels, rank))])
-    return model, ImageDataset(x[index], y[index], classes, name="cifar10-test-jpeg:held-out")
+    return model, ImageDataset(x[held_out], y[held_out], classes, name="cifar10-test-jpeg:held-out")

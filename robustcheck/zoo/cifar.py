@@ -5,11 +5,27 @@ Nothing here downloads data: callers pass the images (e.g. ``../shared/data/cifa
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 CIFAR_MEAN, CIFAR_STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def held_out_split(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, held_out)`` into labels ``y`` ``(N,)``: every fifth image is held out.
+
+    ``train`` is in file order; ``held_out`` cycles through the classes (0, 1, ..., 9, 0, 1, ...), so any
+    prefix of it is class-balanced (the shared CIFAR-10 file is sorted by class).
+    """
+    held = torch.arange(len(y)) % 5 == 0
+    index = torch.nonzero(held).flatten().numpy()
+    labels = y[index].numpy()
+    rank = np.zeros(len(index), dtype=np.int64)  # position of each image within its class
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange(int((labels == c).sum()))
+    return torch.nonzero(~held).flatten(), torch.from_numpy(index[np.lexsort((labels, rank))])
 
 
 def cifar_cnn(stem: int = 1) -> nn.Sequential:
