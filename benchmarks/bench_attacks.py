@@ -24,14 +24,16 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from robustcheck.attacks._foolbox import import_foolbox
-from robustcheck.attacks.foolbox_attacks import LINF_EPSILONS
-from robustcheck.data import ImageDataset, load_data
-from robustcheck.loading import create_probe, load_model
-from robustcheck.metrics import epsilon_key
-from robustcheck.models import ImageClassifier
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.loading import load_data
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.ops.metrics import epsilon_key
 from robustcheck.params import parse_value
-from robustcheck.runner import seed_everything
+from robustcheck.plugins import create_probe
+from robustcheck.probes._foolbox import import_foolbox
+from robustcheck.probes.foolbox_attacks import LINF_EPSILONS
+from robustcheck.seeding import seed_everything
 
 
 def run_ours(model: ImageClassifier, data: ImageDataset, args: argparse.Namespace) -> dict[str, float]:

@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from robustcheck.attacks.caption_attacks import CaptionGAN
-from robustcheck.captioning import digits_scenes
-from robustcheck.loading import load_model
-from robustcheck.metrics import epsilon_key
+from robustcheck.data.captions import digits_scenes
+from robustcheck.models.loading import load_model
+from robustcheck.ops.metrics import epsilon_key
+from robustcheck.probes.captions.attacks import CaptionGAN
 
 
 def rises(curve: dict[str, float]) -> bool:

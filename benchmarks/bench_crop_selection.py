@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustcheck.data import ImageDataset, hwc_uint8_to_tensor
-from robustcheck.loading import create_probe
-from robustcheck.models import ImageClassifier
+from robustcheck.data.dataset import ImageDataset, hwc_uint8_to_tensor
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.plugins import create_probe
 from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, held_out_split, train_cifar_cnn
 
 CIFAR_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-test-jpeg.npz"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from robustcheck.executors import LocalExecutor, RayExecutor
-from robustcheck.runner import Runner, RunSpec
+from robustcheck.run.ray import RayExecutor
+from robustcheck.run.runner import LocalExecutor, Runner, RunSpec
 
 MODELS = ("digits-mlp", "digits-cnn")
 DEFENSES = (None, "bit-depth", "median-filter")

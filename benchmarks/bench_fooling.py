@@ -3,7 +3,7 @@
 Both sides run the same algorithm on the same model (default ``digits-cnn``) in the same process:
 
 * ``batched``: what the probe does - the whole population is made, rendered and scored at once
-  (:func:`robustcheck.attacks.fooling_search.run_map_elites`, forward passes of ``--batch-size`` images);
+  (:func:`robustcheck.probes.fooling.search.run_map_elites`, forward passes of ``--batch-size`` images);
 * ``naive``: the textbook loop - for each child in turn draw a parent, mutate it, render it, score it
   with a forward pass of one image and update the archive.
 
@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from robustcheck.api import RunContext
-from robustcheck.attacks.fooling import FoolingProbe
-from robustcheck.attacks.fooling_cppn import CppnEncoding
-from robustcheck.attacks.fooling_genomes import DirectEncoding, Encoding
-from robustcheck.attacks.fooling_search import Budget, EliteArchive, batched_evaluator, run_map_elites
-from robustcheck.loading import load_model
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.probes.fooling.cppn import CppnEncoding
+from robustcheck.probes.fooling.genomes import DirectEncoding, Encoding
+from robustcheck.probes.fooling.probe import FoolingProbe
+from robustcheck.probes.fooling.search import Budget, EliteArchive, batched_evaluator, run_map_elites
 
 
 def make_encoding(name: str, model: ImageClassifier) -> DirectEncoding | CppnEncoding:

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from robustcheck.loading import create_defense, load_model
-from robustcheck.models import ImageClassifier
-from robustcheck.runner import Runner, RunSpec
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.plugins import create_defense
+from robustcheck.run.runner import Runner, RunSpec
 
 EPSILONS = [0.0, 2 / 255, 4 / 255, 8 / 255]
 DEFENSES = [

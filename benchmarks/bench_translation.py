@@ -25,13 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustcheck.attacks.translation import TranslationProbe
-from robustcheck.attacks.translation_measure import forward_views
-from robustcheck.data import ImageDataset, load_data
-from robustcheck.data_formats import load_labelled_photos
-from robustcheck.loading import create_probe, load_model
-from robustcheck.models import ImageClassifier
-from robustcheck.shifts import shift_offsets
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.formats.folders import load_labelled_photos
+from robustcheck.data.loading import load_data
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.ops.shifts import shift_offsets
+from robustcheck.plugins import create_probe
+from robustcheck.probes.translation.measure import forward_views
+from robustcheck.probes.translation.probe import TranslationProbe
 
 
 def tiny_224(classes: list[str] | None) -> ImageClassifier:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robustcheck.data import digits
+from robustcheck.data.builtin import digits
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier

@@ -10,10 +10,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ImageClassifier": "robustcheck.models",
-    "ImageDataset": "robustcheck.data",
-    "load_data": "robustcheck.data",
-    "load_model": "robustcheck.loading",
+    "ImageClassifier": "robustcheck.models.classifier",
+    "ImageDataset": "robustcheck.data.dataset",
+    "load_data": "robustcheck.data.loading",
+    "load_model": "robustcheck.models.loading",
     "Probe": "robustcheck.api",
     "Defense": "robustcheck.api",
     "Verifier": "robustcheck.api",
@@ -21,10 +21,10 @@ _LAZY = {
     "Artifact": "robustcheck.api",
     "RunContext": "robustcheck.api",
     "register": "robustcheck.registry",
-    "create_probe": "robustcheck.loading",
-    "create_defense": "robustcheck.loading",
-    "RunSpec": "robustcheck.runner",
-    "Runner": "robustcheck.runner",
+    "create_probe": "robustcheck.plugins",
+    "create_defense": "robustcheck.plugins",
+    "RunSpec": "robustcheck.run.runner",
+    "Runner": "robustcheck.run.runner",
 }
 
 

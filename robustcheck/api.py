@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcheck.data import ImageDataset
+from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import ProbeTimeout, RequirementError
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
 from robustcheck.params import resolve_params
 
 STATUSES = ("ok", "timeout", "error")
@@ -215,7 +215,7 @@ class Probe(Plugin):
 
     def __call__(self, model: ImageClassifier, data: ImageDataset, *, seed: int = 0, **context: Any) -> ProbeResult:
         """Run directly (outside the runner): seeds, checks requirements, times the run."""
-        from robustcheck.runner import seed_everything
+        from robustcheck.seeding import seed_everything
 
         self.check_requirements(model)
         seed_everything(seed)

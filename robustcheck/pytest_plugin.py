@@ -50,9 +50,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from robustcheck.api import ProbeResult
-    from robustcheck.data import ImageDataset
-    from robustcheck.models import ImageClassifier
-    from robustcheck.runner import Runner, RunOutcome, RunSpec
+    from robustcheck.data.dataset import ImageDataset
+    from robustcheck.models.classifier import ImageClassifier
+    from robustcheck.run.runner import Runner, RunOutcome, RunSpec
 
 MARKER = "robustness"
 PROPERTY_PREFIX = "robustcheck:"
@@ -283,8 +283,8 @@ class RobustCheck:
     """The ``robustcheck`` fixture: runs probes for tests and collects every outcome of the session.
 
     Models and data may be registry names / specs (``"digits-mlp"``, ``"digits:split=test"``) or
-    objects (:class:`~robustcheck.models.ImageClassifier` or ``nn.Module``,
-    :class:`~robustcheck.data.ImageDataset`). Named ones are loaded once per session; objects are
+    objects (:class:`~robustcheck.models.classifier.ImageClassifier` or ``nn.Module``,
+    :class:`~robustcheck.data.dataset.ImageDataset`). Named ones are loaded once per session; objects are
     named after their ``name`` (made unique within the test) and never kept alive by this fixture.
     """
 
@@ -372,7 +372,7 @@ class RobustCheck:
     def results(self) -> dict[str, Any]:
         """The session's ``results.json`` content (each run also names its ``test``); under xdist the
         workers' runs, sorted by test (a test's runs keep their order)."""
-        from robustcheck.runner import Runner
+        from robustcheck.run.runner import Runner
 
         results = Runner(None, quiet=True).results(self.outcomes, self.seed)
         for run, check in zip(results["runs"], self.checks, strict=True):
@@ -383,7 +383,7 @@ class RobustCheck:
     # -- pytest-xdist --------------------------------------------------------------------------
     def worker_payload(self) -> str:
         """What an xdist worker sends the controller (JSON text): its runs, images and recorded scores."""
-        from robustcheck.store import artifacts_to_json
+        from robustcheck.run.checkpoint import artifacts_to_json
 
         return json.dumps(
             {
@@ -417,7 +417,7 @@ class RobustCheck:
     ) -> Check:
         __tracebackhide__ = True
         from robustcheck.params import parse_spec
-        from robustcheck.runner import DEFAULT_SAMPLES, Runner, RunSpec
+        from robustcheck.run.runner import DEFAULT_SAMPLES, Runner, RunSpec
 
         probe_name, inline = parse_spec(probe)
         test = self.current_item.nodeid if self.current_item is not None else "<session>"
@@ -449,7 +449,7 @@ class RobustCheck:
     def _resolve_model(self, model: Any, runner: Runner) -> tuple[str, ImageClassifier]:
         if isinstance(model, str):
             if model not in self._models:
-                from robustcheck.loading import load_model
+                from robustcheck.models.loading import load_model
 
                 self._models[model] = load_model(model)
             adapter = self._models[model]
@@ -458,7 +458,7 @@ class RobustCheck:
         else:
             from torch import nn
 
-            from robustcheck.models import ImageClassifier
+            from robustcheck.models.classifier import ImageClassifier
 
             if not isinstance(model, nn.Module):
                 raise TypeError(f"model must be a spec string, an ImageClassifier or a torch.nn.Module, got {type(model).__name__}")
@@ -480,7 +480,7 @@ class RobustCheck:
             runner.add_data(data, self._named_data(data))
             self._names.reserve(data)
             return data
-        from robustcheck.data import ImageDataset
+        from robustcheck.data.dataset import ImageDataset
 
         if not isinstance(data, ImageDataset):
             raise TypeError(f"data must be a spec string or an ImageDataset, got {type(data).__name__}")
@@ -490,7 +490,7 @@ class RobustCheck:
 
     def _named_data(self, spec: str) -> ImageDataset:
         if spec not in self._data:
-            from robustcheck.data import load_data
+            from robustcheck.data.loading import load_data
 
             self._data[spec] = load_data(spec)
         return self._data[spec]
@@ -550,7 +550,7 @@ class RobustCheck:
                 self._written.append(f"results: {settings.json_path}")
             if settings.report is not None:
                 from robustcheck.reports.html import write_report
-                from robustcheck.store import artifacts_from_json
+                from robustcheck.run.checkpoint import artifacts_from_json
 
                 artifacts = {run_id: artifacts_from_json(text) for run_id, text in self._worker_artifacts.items()}
                 artifacts.update({c.outcome.spec.run_id: c.outcome.result.artifacts for c in self.checks})

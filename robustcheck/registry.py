@@ -116,6 +116,6 @@ def entries(kind: str) -> list[Entry]:
 def in_process_entries() -> list[Entry]:
     """Plugins registered with :func:`register` rather than found through an entry point.
 
-    Remote workers (:mod:`robustcheck.executors`) re-register these: entry points they find themselves.
+    Remote workers (:mod:`robustcheck.run.ray`) re-register these: entry points they find themselves.
     """
     return [e for kind in GROUPS for e in _registry[kind].values() if e.name not in _entry_points(kind)]

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from robustcheck.api import Probe, ProbeResult, Table
-from robustcheck.data import DIGIT_CLASSES
-from robustcheck.models import ImageClassifier
+from robustcheck.data.builtin import DIGIT_CLASSES
+from robustcheck.models.classifier import ImageClassifier
 from robustcheck.registry import register
 
 class Accuracy(Probe):
@@ -172,7 +172,7 @@ def boom_model():
 
 
 if __name__ == "__main__":
-    from robustcheck.cli import main
+    from robustcheck.cli.main import main
 
     sys.exit(main(sys.argv[1:]))
 '''
@@ -232,8 +232,8 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run ``robustcheck.cli.main`` in-process: ``cli("audit", "--quiet", ...)`` -> CliResult."""
-    from robustcheck.cli import main
+    """Run ``robustcheck.cli.main.main`` in-process: ``cli("audit", "--quiet", ...)`` -> CliResult."""
+    from robustcheck.cli.main import main
 
     def run(*argv: str | Path) -> CliResult:
         capsys.readouterr()
@@ -249,7 +249,7 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Any:
 
 def robustcheck_command() -> list[str]:
     """``robustcheck`` as a module run by this interpreter."""
-    return [sys.executable, "-m", "robustcheck.cli"]
+    return [sys.executable, "-m", "robustcheck.cli.main"]
 
 
 def run_subprocess(args: Sequence[str | Path], *, env: dict[str, str] | None = None, timeout: float = 180) -> CliResult:
@@ -321,8 +321,8 @@ def cifar_model(request: pytest.FixtureRequest) -> tuple[Any, Any]:
     import numpy as np
     import torch
 
-    from robustcheck.data import ImageDataset, hwc_uint8_to_tensor
-    from robustcheck.models import ImageClassifier
+    from robustcheck.data.dataset import ImageDataset, hwc_uint8_to_tensor
+    from robustcheck.models.classifier import ImageClassifier
     from robustcheck.zoo.cifar import CIFAR_MEAN, CIFAR_STD, cifar_cnn, held_out_split, train_cifar_cnn
 
     with np.load(CIFAR_NPZ) as npz:

@@ -1,4 +1,4 @@
-"""robustcheck.attacks.foolbox_attacks: the foolbox probes, their metrics, re-check and foolbox traps."""
+"""robustcheck.probes.foolbox_attacks: the foolbox probes, their metrics, re-check and foolbox traps."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ import torch
 from torch import nn
 
 from robustcheck.api import Artifact, Defense, RunContext
-from robustcheck.attacks import foolbox_attacks
-from robustcheck.attacks.foolbox_attacks import FoolboxAttack
-from robustcheck.data import ImageDataset, load_data
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.loading import load_data
 from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
-from robustcheck.loading import create_defense, create_probe, load_model
-from robustcheck.metrics import epsilon_key
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.ops.metrics import epsilon_key
+from robustcheck.plugins import create_defense, create_probe
+from robustcheck.probes import foolbox_attacks
+from robustcheck.probes.foolbox_attacks import FoolboxAttack
 
 N = 16
 LINF = [0.0, 0.05, 0.1, 0.2]
@@ -230,7 +232,7 @@ def test_inputs_outside_the_model_bounds(mlp: ImageClassifier, digits: ImageData
 def test_import_foolbox_under_warnings_as_errors() -> None:
     code = (
         "import warnings; warnings.simplefilter('error')\n"
-        "from robustcheck.attacks._foolbox import import_foolbox, foolbox_version\n"
+        "from robustcheck.probes._foolbox import import_foolbox, foolbox_version\n"
         "fb = import_foolbox()\n"
         "assert fb.__version__ == foolbox_version(), (fb.__version__, foolbox_version())\n"
         "print('ok', callable(fb.attacks.LinfPGD), callable(fb.PyTorchModel))\n"

@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from robustcheck.api import RunContext, Table
-from robustcheck.attacks.caption_attacks import CaptionGAN, CaptionPGD
-from robustcheck.attacks.caption_gan import PerturbationGenerator, perturb
-from robustcheck.attacks.caption_goals import AttackBatch, plan_targets, project
-from robustcheck.captioning import CaptionDataset, ImageCaptioner, digits_scenes
+from robustcheck.data.captions import CaptionDataset, digits_scenes
 from robustcheck.errors import InputError, RequirementError, UsageError
-from robustcheck.loading import create_probe, load_model
-from robustcheck.runner import Runner, RunSpec
+from robustcheck.models.captioner import ImageCaptioner
+from robustcheck.models.loading import load_model
+from robustcheck.plugins import create_probe
+from robustcheck.probes.captions.attacks import CaptionGAN, CaptionPGD
+from robustcheck.probes.captions.gan import PerturbationGenerator, perturb
+from robustcheck.probes.captions.goals import AttackBatch, plan_targets, project
+from robustcheck.run.runner import Runner, RunSpec
 
 SMALL_GAN = {
     "steps": 6,
@@ -94,7 +96,7 @@ def test_classifier_and_bad_params_are_refused(captioner: ImageCaptioner, scenes
 
 
 def test_data_without_captions_is_refused(captioner: ImageCaptioner) -> None:
-    from robustcheck.data import ImageDataset
+    from robustcheck.data.dataset import ImageDataset
 
     plain = ImageDataset(torch.rand(4, 1, 16, 48), torch.zeros(4, dtype=torch.long))
     with pytest.raises(InputError, match="has no captions"):

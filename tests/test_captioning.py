@@ -1,4 +1,4 @@
-"""robustcheck.captioning: vocabulary, the ImageCaptioner adapter, caption data, BLEU, the built-in captioners."""
+"""robustcheck.models.captioner: vocabulary, the ImageCaptioner adapter, caption data, BLEU, the built-in captioners."""
 
 from __future__ import annotations
 
@@ -9,19 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustcheck.captioning import (
-    DIGITS_VOCABULARY,
-    SCENE_SHAPE,
-    CaptionDataset,
-    ImageCaptioner,
-    Vocabulary,
-    corpus_bleu,
-    digits_scenes,
-    sentence_bleu,
-)
-from robustcheck.data import load_data
+from robustcheck.data.captions import SCENE_SHAPE, CaptionDataset, digits_scenes
+from robustcheck.data.loading import load_data
 from robustcheck.errors import InputError, UsageError
-from robustcheck.loading import load_model
+from robustcheck.models.captioner import DIGITS_VOCABULARY, ImageCaptioner, Vocabulary
+from robustcheck.models.loading import load_model
+from robustcheck.ops.bleu import corpus_bleu, sentence_bleu
 
 
 class TinyDecoder(nn.Module):

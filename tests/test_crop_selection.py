@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from robustcheck.api import DefendedClassifier
-from robustcheck.data import ImageDataset, load_data
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.loading import load_data
 from robustcheck.defenses.crop_selection import (
     CropSelect,
     CropSelection,
@@ -17,9 +18,10 @@ from robustcheck.defenses.crop_selection import (
     select_crops,
 )
 from robustcheck.errors import InputError, UsageError
-from robustcheck.loading import create_defense, create_probe, load_model
-from robustcheck.models import ImageClassifier
-from robustcheck.shifts import SCORES, circular_blur, pad_canvas, window_views
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.ops.shifts import SCORES, circular_blur, pad_canvas, window_views
+from robustcheck.plugins import create_defense, create_probe
 
 
 def _linear_model(c: int = 3, h: int = 12, w: int = 12, classes: int = 50, seed: int = 0) -> ImageClassifier:

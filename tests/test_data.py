@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from robustcheck.data import ImageDataset, digits, digits_rgb32, load_data, validate_arrays
+from robustcheck.data.builtin import digits, digits_rgb32
+from robustcheck.data.dataset import ImageDataset, validate_arrays
+from robustcheck.data.loading import load_data
 from robustcheck.errors import InputError, UnknownPluginError, UsageError
 
 

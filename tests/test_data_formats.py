@@ -1,4 +1,4 @@
-"""Tests for robustcheck.data_formats: every file format on synthetic files, every error message,
+"""Tests for robustcheck.data.loading: every file format on synthetic files, every error message,
 the foolbox sample images, fake torchvision data sets, and real data from ../shared/data when present."""
 
 from __future__ import annotations
@@ -17,20 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from robustcheck import data_formats
-from robustcheck.data import ImageDataset, load_data
-from robustcheck.data_formats import (
-    CIFAR10_CLASSES,
-    IDX_IMAGES_MAGIC,
-    IDX_LABELS_MAGIC,
-    dataset_from_pairs,
-    foolbox_cifar10,
-    foolbox_imagenet,
-    foolbox_mnist,
-    load_path,
-    read_idx,
-    torchvision_dataset,
-)
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.formats import foolbox as foolbox_formats
+from robustcheck.data.formats.common import CIFAR10_CLASSES
+from robustcheck.data.formats.foolbox import foolbox_cifar10, foolbox_imagenet, foolbox_mnist
+from robustcheck.data.formats.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+from robustcheck.data.formats.torchvision import dataset_from_pairs, torchvision_dataset
+from robustcheck.data.loading import load_data, load_path
 from robustcheck.errors import InputError, UsageError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -570,7 +563,7 @@ def test_torchvision_with_fake_module(tmp_path: Path, fake_torchvision: types.Mo
     [
         (foolbox_imagenet, (3, 224, 224), 1000, "foolbox-imagenet"),
         (foolbox_cifar10, (3, 32, 32), 10, "foolbox-cifar10"),
-        (data_formats.foolbox_cifar100, (3, 32, 32), 100, "foolbox-cifar100"),
+        (foolbox_formats.foolbox_cifar100, (3, 32, 32), 100, "foolbox-cifar100"),
         (foolbox_mnist, (1, 28, 28), 10, "foolbox-mnist"),
     ],
 )
@@ -593,7 +586,7 @@ def test_foolbox_samples_known_labels_and_registry() -> None:
 
 
 def test_foolbox_photos_keep_their_stored_sizes() -> None:
-    photos = data_formats.foolbox_photos("imagenet")
+    photos = foolbox_formats.foolbox_photos("imagenet")
     assert len(photos) == 20 and all(p.dtype == np.float32 and p.ndim == 3 and p.shape[2] == 3 for p in photos)
     assert (683, 1024, 3) in {p.shape for p in photos}  # imagenet_10_541.jpg is not 512 x 512
     assert all(0.0 <= p.min() and p.max() <= 1.0 for p in photos)
@@ -601,7 +594,7 @@ def test_foolbox_photos_keep_their_stored_sizes() -> None:
 
 
 def test_foolbox_samples_without_foolbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data_formats.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(foolbox_formats.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match="foolbox is not installed"):
         foolbox_mnist()
 

@@ -10,8 +10,8 @@ from torch import nn
 from robustcheck.api import DefendedClassifier
 from robustcheck.defenses.baselines import BitDepthReduction, MedianFilter, quantize
 from robustcheck.errors import UnknownPluginError, UsageError
-from robustcheck.loading import create_defense
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.plugins import create_defense
 
 
 def _images(n: int = 4, c: int = 3, h: int = 7, w: int = 6, seed: int = 0) -> torch.Tensor:
@@ -217,7 +217,7 @@ def test_jpeg_bad_quality(params: dict, match: str) -> None:
 
 
 def test_jpeg_straight_through_gradient_is_the_identity() -> None:
-    from robustcheck.loading import load_model
+    from robustcheck.models.loading import load_model
 
     model = load_model("digits-cnn")
     x = torch.rand(2, 3, 32, 32, requires_grad=True)

@@ -1,4 +1,4 @@
-"""Executors (robustcheck.executors): local in-process runs and Ray tasks give the same audit.
+"""Executors (robustcheck.run.ray): local in-process runs and Ray tasks give the same audit.
 
 Ray tests are marked ``ray`` and skipped where Ray is not installed (``pip install -e ".[ray]"``); each
 starts a local Ray instance with 2 CPUs, as a user's laptop or CI runner would.
@@ -14,8 +14,8 @@ import pytest
 from conftest import comparable_runs, stored_runs
 
 from robustcheck.errors import UsageError
-from robustcheck.executors import LocalExecutor, RayExecutor, create_executor
-from robustcheck.runner import Runner, RunOutcome, RunSpec
+from robustcheck.run.ray import RayExecutor, create_executor
+from robustcheck.run.runner import LocalExecutor, Runner, RunOutcome, RunSpec
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,7 +52,7 @@ def test_local_executor_is_the_default(helpers: Any, tmp_path: Path) -> None:
 
 
 def test_audit_plan_executor_keys(tmp_path: Path) -> None:
-    from robustcheck.audit import AuditPlan
+    from robustcheck.run.plan import AuditPlan
 
     config = tmp_path / "audit.toml"
     config.write_text('executor = "local"\nshards = 3\n')

@@ -1,4 +1,4 @@
-"""robustcheck.attacks.fooling: genome operators, the MAP-Elites archive, gradient ascent and the probe."""
+"""robustcheck.probes.fooling.probe: genome operators, the MAP-Elites archive, gradient ascent and the probe."""
 
 from __future__ import annotations
 
@@ -13,20 +13,22 @@ from scipy import stats
 from torch import nn
 
 from robustcheck.api import Defense, RunContext, Table
-from robustcheck.attacks.fooling import GENERATORS, FoolingProbe
-from robustcheck.attacks.fooling_checks import adapt_images, nearest_distances, real_nearest_baseline
-from robustcheck.attacks.fooling_cppn import ACTIVATIONS, NUM_INPUTS, WEIGHT_RANGE, CppnEncoding, activate
-from robustcheck.attacks.fooling_genomes import (
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.loading import load_data
+from robustcheck.errors import RequirementError, UsageError
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.plugins import create_probe
+from robustcheck.probes.fooling.checks import adapt_images, nearest_distances, real_nearest_baseline
+from robustcheck.probes.fooling.cppn import ACTIVATIONS, NUM_INPUTS, WEIGHT_RANGE, CppnEncoding, activate
+from robustcheck.probes.fooling.genomes import (
     DirectEncoding,
     DirectPopulation,
     polynomial_mutation,
     sbx_crossover,
 )
-from robustcheck.attacks.fooling_search import AscentSettings, EliteArchive, ascent_step, batched_evaluator
-from robustcheck.data import ImageDataset, load_data
-from robustcheck.errors import RequirementError, UsageError
-from robustcheck.loading import create_probe, load_model
-from robustcheck.models import ImageClassifier
+from robustcheck.probes.fooling.probe import GENERATORS, FoolingProbe
+from robustcheck.probes.fooling.search import AscentSettings, EliteArchive, ascent_step, batched_evaluator
 
 #: a small budget for end-to-end runs on digits-cnn (a few seconds on a busy 2-core machine)
 SMALL = {"generations": 4, "population": 30}
@@ -164,7 +166,7 @@ def test_cppn_renders_large_populations_in_chunks(monkeypatch: pytest.MonkeyPatc
     encoding = CppnEncoding((3, 10, 10))
     population = encoding.random(7, rng(19))
     whole = encoding.render(population)
-    monkeypatch.setattr("robustcheck.attacks.fooling_cppn.RENDER_VALUES", 3 * encoding.num_slots * 100)
+    monkeypatch.setattr("robustcheck.probes.fooling.cppn.RENDER_VALUES", 3 * encoding.num_slots * 100)
     assert torch.equal(encoding.render(population), whole)  # chunks of 3 genomes give the same images
 
 

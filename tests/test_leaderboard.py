@@ -12,7 +12,7 @@ from robustcheck.reports.leaderboard import (
     to_markdown,
     write_leaderboard,
 )
-from robustcheck.resultsdb import SCHEMA_VERSION, ResultsDB, runs_frame
+from robustcheck.run.history import SCHEMA_VERSION, ResultsDB, runs_frame
 
 EVIL = "<script>alert(1)</script>"
 
@@ -121,7 +121,7 @@ def test_newer_schema_and_bad_sources_are_refused(tmp_path):
 
 
 def test_leaderboard_from_two_real_audits(tmp_path, capsys):
-    from robustcheck.cli import main
+    from robustcheck.cli.main import main
 
     db = tmp_path / "results.db"
     for model in ("digits-mlp", "digits-cnn"):

@@ -1,4 +1,4 @@
-"""robustcheck.loading: registry names, import paths, TorchScript / ONNX files, hub models, errors."""
+"""robustcheck.models.loading: registry names, import paths, TorchScript / ONNX files, hub models, errors."""
 
 from __future__ import annotations
 
@@ -15,15 +15,9 @@ import torch
 from torch import nn
 
 from robustcheck.errors import InputError, UnknownPluginError, UsageError
-from robustcheck.loading import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    create_defense,
-    create_probe,
-    load_model,
-    load_state_dict,
-)
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import IMAGENET_MEAN, IMAGENET_STD, load_model, load_state_dict
+from robustcheck.plugins import create_defense, create_probe
 
 torch.manual_seed(0)
 
@@ -105,7 +99,7 @@ def test_unknown_names_suggest_close_ones() -> None:
 MODULE_SOURCE = """
 import torch
 from torch import nn
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
 
 
 def net(width: int = 4):

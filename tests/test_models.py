@@ -1,4 +1,4 @@
-"""robustcheck.models: the ImageClassifier adapter (outputs, normalisation, validation, modes)."""
+"""robustcheck.models.classifier: the ImageClassifier adapter (outputs, normalisation, validation, modes)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robustcheck.errors import InputError
-from robustcheck.models import ImageClassifier, Normalize, as_classifier, extract_logits
+from robustcheck.models.classifier import ImageClassifier, Normalize, as_classifier, extract_logits
 
 
 class Wrapped(nn.Module):

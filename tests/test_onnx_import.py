@@ -1,4 +1,4 @@
-"""robustcheck.onnx_import: our ONNX -> torch converter, checked op by op against onnxruntime."""
+"""robustcheck.models.onnx.graph: our ONNX -> torch converter, checked op by op against onnxruntime."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from robustcheck.errors import InputError  # noqa: E402
-from robustcheck.onnx_import import OnnxGraphModule, load_onnx, onnx_input_shape  # noqa: E402
+from robustcheck.models.onnx.graph import OnnxGraphModule, load_onnx, onnx_input_shape  # noqa: E402
 
 VNNCOMP = Path(__file__).resolve().parents[2] / "shared/data/vnncomp-test"
 ATOL = 1e-5

@@ -57,7 +57,7 @@ def no_plugin_autoload(monkeypatch: pytest.MonkeyPatch) -> None:
 def warm(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Import everything an inner run needs (torch, foolbox, z3, report) with one tiny run."""
     from robustcheck.reports.html import write_report
-    from robustcheck.runner import Runner, RunSpec
+    from robustcheck.run.runner import Runner, RunSpec
 
     runner = Runner(None, quiet=True)
     outcome = runner.execute(RunSpec("digits-mlp", "fgsm", samples=4))
@@ -79,7 +79,7 @@ def failure_text(result: pytest.RunResult) -> str:
 def test_import_does_not_load_heavy_modules() -> None:
     code = (
         "import sys, robustcheck.pytest_plugin\n"
-        "heavy = [m for m in ('torch', 'foolbox', 'pandas', 'numpy', 'robustcheck.runner', 'robustcheck.attacks') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'foolbox', 'pandas', 'numpy', 'robustcheck.run.runner', 'robustcheck.probes') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

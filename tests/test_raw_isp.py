@@ -9,15 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from robustcheck.attacks.foolbox_attacks import MeanLogits, expectation_over_draws
-from robustcheck.data import ImageDataset, digits_rgb32
-from robustcheck.data_formats import foolbox_cifar10, foolbox_imagenet
-from robustcheck.defenses import camera
+from robustcheck.data.builtin import digits_rgb32
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.formats.foolbox import foolbox_cifar10, foolbox_imagenet
 from robustcheck.defenses.raw_isp import ClassicPipeline, LearnedPipeline, RawISP
 from robustcheck.errors import InputError, UsageError
-from robustcheck.loading import create_defense, create_probe
-from robustcheck.models import ImageClassifier
-from robustcheck.runner import Runner, RunSpec
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.ops import camera
+from robustcheck.plugins import create_defense, create_probe
+from robustcheck.probes.foolbox_attacks import MeanLogits, expectation_over_draws
+from robustcheck.run.runner import Runner, RunSpec
 from robustcheck.zoo import digits_cnn
 from robustcheck.zoo import raw_isp as learned
 

@@ -1,4 +1,4 @@
-"""Tests of the runner (robustcheck.runner) and its run store (robustcheck.store), in-process."""
+"""Tests of the runner (robustcheck.run.runner) and its run store (robustcheck.run.checkpoint), in-process."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from conftest import stored_runs
 
 from robustcheck.api import Artifact
 from robustcheck.errors import RequirementError, UsageError
-from robustcheck.runner import Runner, RunSpec, records_table
-from robustcheck.store import RunStore
+from robustcheck.run.checkpoint import RunStore
+from robustcheck.run.runner import Runner, RunSpec, records_table
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -169,8 +169,8 @@ def test_results_and_records_table(helpers: Any) -> None:
 
 
 def test_in_memory_models_and_data(helpers: Any) -> None:
-    from robustcheck.data import load_data
-    from robustcheck.loading import load_model
+    from robustcheck.data.loading import load_data
+    from robustcheck.models.loading import load_model
 
     runner = Runner(None, quiet=True)
     runner.add_model("mine", load_model("digits-mlp"))
@@ -204,7 +204,7 @@ def test_metrics_that_cannot_be_saved_fail_that_run_only(tmp_path: Path) -> None
 
 
 def test_model_options_are_part_of_the_run_id() -> None:
-    from robustcheck.runner import RunSpec
+    from robustcheck.run.runner import RunSpec
 
     bare = RunSpec(model="m", probe="fgsm")
     assert bare.run_id == RunSpec(model="m", probe="fgsm", model_options={}).run_id

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from robustcheck.api import Artifact
-from robustcheck.store import RunStore
+from robustcheck.run.checkpoint import RunStore
 
 
 def _save(path: str, worker: int) -> None:

@@ -1,4 +1,4 @@
-"""robustcheck.attacks.translation and robustcheck.shifts: shift generation, metrics, params, larger photos."""
+"""robustcheck.probes.translation.probe and robustcheck.ops.shifts: shift generation, metrics, params, larger photos."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import torch
 from torch import nn
 
 from robustcheck.api import RunContext, Table
-from robustcheck.attacks.translation import TranslationProbe
-from robustcheck.attacks.translation_measure import forward_views, inference, last_linear
-from robustcheck.data import ImageDataset, load_data
-from robustcheck.data_formats import load_labelled_photos
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.formats.folders import load_labelled_photos
+from robustcheck.data.loading import load_data
 from robustcheck.errors import InputError, ProbeTimeout, UsageError
-from robustcheck.loading import create_probe, load_model
-from robustcheck.models import ImageClassifier
-from robustcheck.shifts import (
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
+from robustcheck.ops.shifts import (
     centre_crop,
     crop_at,
     cyclic_views,
@@ -26,6 +25,9 @@ from robustcheck.shifts import (
     shift_size,
     window_views,
 )
+from robustcheck.plugins import create_probe
+from robustcheck.probes.translation.measure import forward_views, inference, last_linear
+from robustcheck.probes.translation.probe import TranslationProbe
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
@@ -321,7 +323,7 @@ def test_realistic_crops_from_imagenet_photos(single_thread: None) -> None:
     assert result.tables[1].frame["window"].tolist()[:3] == [1, 1, 5]
     # the same through the runner, as `robustcheck audit --data imagenet-samples/` does: the folder's
     # labels.csv selects the photo loader, and the runner accepts images larger than the model input
-    from robustcheck.runner import Runner, RunSpec
+    from robustcheck.run.runner import Runner, RunSpec
 
     runner = Runner(None, quiet=True)
     runner.add_model("tiny-224", model)

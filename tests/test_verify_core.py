@@ -11,9 +11,9 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from robustcheck.data import digits
+from robustcheck.data.builtin import digits
 from robustcheck.errors import InputError, RequirementError
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import crown_bounds, interval_bounds, output_lower
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier, violates

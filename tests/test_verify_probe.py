@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robustcheck.api import Table
-from robustcheck.data import digits
+from robustcheck.data.builtin import digits
 from robustcheck.errors import InputError, UsageError
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier, verify_properties, violates
 from robustcheck.verifiers.network import from_classifier, from_onnx

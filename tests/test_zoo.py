@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustcheck.data import load_data
+from robustcheck.data.loading import load_data
 from robustcheck.errors import InputError
-from robustcheck.loading import load_model
+from robustcheck.models.loading import load_model
 from robustcheck.zoo import ZOO, load_zoo_model
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from robustcheck.api import Defense
 from robustcheck.errors import InputError, UsageError
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
 from robustcheck.registry import register
 
 

@@ -2,7 +2,7 @@
 
 A classifier normally sees the centre crop of what the camera delivers, so a 1-pixel camera move
 hands it a different crop. Crop selection instead picks the crop position from the image content:
-a translation-equivariant score map (see :data:`robustcheck.shifts.SCORES`) is read at the centre of
+a translation-equivariant score map (see :data:`robustcheck.ops.shifts.SCORES`) is read at the centre of
 every candidate crop and the best one is classified. The score moves with the scene, so after a
 small camera move the same *physical* crop wins, unless the best position leaves (or a better one
 enters) the candidate window.
@@ -19,9 +19,8 @@ from torch import nn
 
 from robustcheck.api import Defense
 from robustcheck.errors import InputError, UsageError
-from robustcheck.models import ImageClassifier
-from robustcheck.registry import register
-from robustcheck.shifts import (
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.ops.shifts import (
     BORDERS,
     SCORES,
     centre_crop,
@@ -31,6 +30,7 @@ from robustcheck.shifts import (
     score_support,
     spare_margin,
 )
+from robustcheck.registry import register
 
 VARIANTS = ("realistic", "circular")
 #: output positions compared at a time when breaking ties (memory: tied candidates x chunk)
@@ -41,7 +41,7 @@ def crop_pixels(
     image: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor, size: Sequence[int], flat: torch.Tensor
 ) -> torch.Tensor:
     """Values ``(N, P)`` of the ``N`` crops of ``image`` ``(C, H, W)`` at ``(tops[n], lefts[n])`` (wrapping as
-    :func:`robustcheck.shifts.crop_at`) at ``P`` flattened ``(c, i, j)`` output positions ``flat``."""
+    :func:`robustcheck.ops.shifts.crop_at`) at ``P`` flattened ``(c, i, j)`` output positions ``flat``."""
     h, w = int(size[0]), int(size[1])
     height, width = image.shape[-2:]
     c, i, j = flat // (h * w), (flat // w) % h, flat % w
@@ -80,11 +80,11 @@ def select_crops(
     Args:
         x: ``(B, C, H, W)`` the images the crops are cut from.
         scores: ``(B, N)`` content score of each of the ``N`` candidates.
-        tops, lefts: ``(N,)`` candidate corners (as :func:`robustcheck.shifts.crop_at` reads them).
+        tops, lefts: ``(N,)`` candidate corners (as :func:`robustcheck.ops.shifts.crop_at` reads them).
         size: ``(h, w)`` crop size.
 
     The highest score wins. Exact ties (equal float scores; the score maps are bitwise equivariant, see
-    :mod:`robustcheck.shifts`) go to the lexicographically smallest crop, which keeps the choice
+    :mod:`robustcheck.ops.shifts`) go to the lexicographically smallest crop, which keeps the choice
     shift-equivariant where "the first maximum" would depend on where the image sits.
     """
     best = scores == scores.max(dim=1, keepdim=True).values
@@ -113,7 +113,7 @@ class CropSelect(nn.Module):
     Args:
         size: ``(h, w)`` the model's input size (``None``: the input's own size).
         window: ``K``, odd; the realistic variant chooses among ``K x K`` crop positions around the centre.
-        score: name of the content score (:data:`robustcheck.shifts.SCORES`).
+        score: name of the content score (:data:`robustcheck.ops.shifts.SCORES`).
         sigma: Gaussian scale of the score in pixels.
         variant: ``"realistic"`` (choose a crop inside a larger view) or ``"circular"`` (choose a roll).
         border: how the realistic variant extends a model-sized input (``reflect``/``replicate``/``zero``).

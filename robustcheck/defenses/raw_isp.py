@@ -5,7 +5,7 @@ each input image RGB -> RAW -> RGB through a camera pipeline before the classifi
 adversarial training:
 
 * ``mode="classic"``: the differentiable Brooks et al. (2019) unprocessing and forward ISP of
-  :mod:`robustcheck.defenses.camera` with a fixed, documented camera (:class:`~robustcheck.defenses.camera.Camera`).
+  :mod:`robustcheck.ops.camera` with a fixed, documented camera (:class:`~robustcheck.ops.camera.Camera`).
   ``demosaic="2x2"`` (default) models a sensor at twice the image resolution, one RGGB quad per
   pixel: without noise the round trip is near-identity (>= 58 dB PSNR on the bundled data).
   ``demosaic="bilinear"`` models a sensor at the image resolution with kornia's bilinear demosaicing:
@@ -15,7 +15,7 @@ adversarial training:
   G: RAW -> RGB, trained on classic-pipeline pairs with sensor-noise augmentation; G denoises.
 
 ``noise`` is the shot-noise factor of the sensor model (variance ``noise * raw + read`` with the read
-noise from Brooks et al.'s fit, see :func:`~robustcheck.defenses.camera.add_sensor_noise`), added to the
+noise from Brooks et al.'s fit, see :func:`~robustcheck.ops.camera.add_sensor_noise`), added to the
 RAW image between the two halves; 0 turns it off and the defense is deterministic. With noise the
 draws come from a generator seeded with ``seed`` when the defended model is built, so a run is
 reproducible. Gradients through both modes are exact (every step is differentiable); attacks on the
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from robustcheck.api import Defense
-from robustcheck.defenses import camera
 from robustcheck.errors import InputError, UsageError
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.ops import camera
 from robustcheck.registry import register
 
 MODES = ("classic", "learned")

@@ -30,7 +30,7 @@ def _probe_column(frame: pd.DataFrame) -> pd.Series:
 
 
 def build_leaderboard(frame: pd.DataFrame, *, all_runs: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Rank the runs in ``frame`` (see :func:`robustcheck.resultsdb.runs_frame`); return (table, probe columns)."""
+    """Rank the runs in ``frame`` (see :func:`robustcheck.run.history.runs_frame`); return (table, probe columns)."""
     frame = frame[frame["status"] != "error"].copy()
     if frame.empty:
         return pd.DataFrame(columns=["rank", "model", "defense", "clean_accuracy", "overall", "coverage"]), []

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcheck.errors import InputError
-from robustcheck.models import ImageClassifier, Normalize
+from robustcheck.models.classifier import ImageClassifier, Normalize
 
 #: float32 unit roundoff, and float64's (for pieces we compute in float64 ourselves).
 U32 = 2.0**-24
@@ -251,7 +251,7 @@ def from_classifier(model: ImageClassifier) -> Network:
         raise InputError(
             f"model {model.name!r} has no input_shape: the verifier needs the (C, H, W) it expects"
         )
-    from robustcheck.onnx_import import OnnxGraphModule
+    from robustcheck.models.onnx.graph import OnnxGraphModule
 
     prefix: list[Layer] = []
     shape = tuple(model.input_shape)
@@ -406,9 +406,9 @@ _ONNX_SHAPE_ONLY = {"Shape"}
 
 
 def from_onnx(path: str, *, name: str | None = None) -> tuple[Network, nn.Module, tuple[int, ...]]:
-    """Read an ONNX file: the network, the float32 torch module (from :mod:`robustcheck.onnx_import`) and the
+    """Read an ONNX file: the network, the float32 torch module (from :mod:`robustcheck.models.onnx.graph`) and the
     file's full input shape (batch dim included when the file has one; unknown dims read as 1)."""
-    from robustcheck.onnx_import import load_onnx, onnx_input_shape
+    from robustcheck.models.onnx.graph import load_onnx, onnx_input_shape
 
     module = load_onnx(path)
     file_shape = onnx_input_shape(path)
@@ -419,7 +419,7 @@ def from_onnx(path: str, *, name: str | None = None) -> tuple[Network, nn.Module
 
 
 def from_onnx_module(module: nn.Module, full_shape: tuple[int, ...], *, name: str = "onnx") -> Network:
-    """Walk the steps of an :class:`~robustcheck.onnx_import.OnnxGraphModule` fed a single input of ``full_shape``.
+    """Walk the steps of an :class:`~robustcheck.models.onnx.graph.OnnxGraphModule` fed a single input of ``full_shape``.
 
     Every step with a dynamic input (one that depends on the model input's values) must be a ReLU or an op in
     ``_ONNX_AFFINE`` with exactly one dynamic input; its dense affine map is probed in float64.
@@ -468,14 +468,14 @@ def from_onnx_module(module: nn.Module, full_shape: tuple[int, ...], *, name: st
 
 
 def _run_info(module: nn.Module, full_shape: tuple[int, ...]) -> Any:
-    from robustcheck.onnx_import import _RunInfo
+    from robustcheck.models.onnx.graph import _RunInfo
 
     batch = int(full_shape[0]) if len(full_shape) >= 2 else None
     return _RunInfo(module.file_batch, batch)
 
 
 def _call_step(step: Any, args: list[torch.Tensor | None], run: Any, name: str) -> tuple[torch.Tensor, ...]:
-    from robustcheck.onnx_import import _run_step
+    from robustcheck.models.onnx.graph import _run_step
 
     try:
         return _run_step(step, args, run)

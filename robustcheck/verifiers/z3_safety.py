@@ -32,10 +32,10 @@ import pandas as pd
 
 from robustcheck.api import Artifact, ProbeResult, RunContext, Table
 from robustcheck.api import Verifier as VerifierPlugin
-from robustcheck.data import ImageDataset
+from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
-from robustcheck.metrics import epsilon_key
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.ops.metrics import epsilon_key
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import compute_bounds
 from robustcheck.verifiers.engine import ENGINES, FloatModel, Options, Outcome, Verifier, round_into_box

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from torch import nn
 
-from robustcheck.data import DIGIT_CLASSES
+from robustcheck.data.builtin import DIGIT_CLASSES
 from robustcheck.errors import InputError
-from robustcheck.models import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier
 
 WEIGHTS_DIR = Path(__file__).parent
 
@@ -96,7 +96,7 @@ TRAINERS: dict[str, Trainer] = {
 
 def load_zoo_model(name: str, weights: str | Path | None = None) -> ImageClassifier:
     """Build ``name`` and load its shipped (or the given) weights; the model is in eval mode."""
-    from robustcheck.loading import load_state_dict
+    from robustcheck.models.loading import load_state_dict
 
     spec = ZOO[name]
     module = spec.build()

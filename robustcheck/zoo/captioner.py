@@ -1,7 +1,7 @@
 """Built-in captioners ``digits-captioner`` and ``digits-captioner-b``: CNN encoder + LSTM decoder.
 
 Both caption ``digits-scenes`` (``1 x 16 x 48`` scenes of 2-4 handwritten digits, see
-:func:`robustcheck.captioning.render_scenes`) in words left to right. ``-b`` differs in seed and
+:func:`robustcheck.data.captions.render_scenes`) in words left to right. ``-b`` differs in seed and
 width (a second model for transfer attacks). Training (:func:`train`) is deterministic: fresh
 scenes from the *training* digits every step, a fixed seed, deterministic algorithms; held-out
 scenes use only test-split digits. Weights ship beside this file as ``<name>.pt``.
@@ -17,16 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcheck.captioning import (
-    DIGITS_VOCABULARY,
-    MAX_DIGITS,
-    SCENE_SHAPE,
-    ImageCaptioner,
-    digits_scenes,
-    render_scenes,
-)
-from robustcheck.data import _digits_split
+from robustcheck.data.builtin import _digits_split
+from robustcheck.data.captions import MAX_DIGITS, SCENE_SHAPE, digits_scenes, render_scenes
 from robustcheck.errors import InputError
+from robustcheck.models.captioner import DIGITS_VOCABULARY, ImageCaptioner
 
 WEIGHTS_DIR = Path(__file__).parent
 
@@ -136,7 +130,7 @@ CAPTIONERS: dict[str, CaptionerSpec] = {
 
 def load_captioner(name: str, weights: str | Path | None = None) -> ImageCaptioner:
     """Build ``name`` and load its shipped (or the given) weights; the model is in eval mode."""
-    from robustcheck.loading import load_state_dict
+    from robustcheck.models.loading import load_state_dict
 
     spec = CAPTIONERS[name]
     encoder, decoder = spec.build()

@@ -1,7 +1,7 @@
 """Learned camera pipeline of the ``raw-isp`` defense (Zhang, Dong, Heide, ECCV 2022, "All You Need is RAW").
 
 Two CNNs, trained by :func:`train` on pairs made by the classic pipeline of
-:mod:`robustcheck.defenses.camera` (no adversarial images):
+:mod:`robustcheck.ops.camera` (no adversarial images):
 
 * ``F`` (:class:`RGBToRAW`): sRGB ``(B, 3, H, W)`` in ``[0, 1]`` -> packed RGGB RAW ``(B, 4, H, W)``
   (R, Gr, Gb, B of a sensor at twice the resolution: one quad per pixel), five 3x3 convolutions as in
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcheck.defenses import camera
+from robustcheck.ops import camera
 
 NAME = "raw-isp-learned"
 WEIGHTS_PATH = Path(__file__).parent / f"{NAME}.pt"
@@ -118,7 +118,7 @@ class LearnedCamera(nn.Module):
 def load_learned_camera(weights: str | Path | None = None) -> LearnedCamera:
     """The learned camera with the shipped (or the given) weights, in eval mode."""
     from robustcheck.errors import InputError
-    from robustcheck.loading import load_state_dict
+    from robustcheck.models.loading import load_state_dict
 
     path = weights or WEIGHTS_PATH
     model = LearnedCamera()
@@ -137,7 +137,7 @@ def photo_patches(count: int, generator: torch.Generator, size: int = PATCH) -> 
     ImageNet sample photos and scikit-learn's sample photos, each taken at :data:`PHOTO_SCALES`."""
     from sklearn.datasets import load_sample_images
 
-    from robustcheck.data_formats import foolbox_photos
+    from robustcheck.data.formats.foolbox import foolbox_photos
 
     arrays = foolbox_photos("imagenet") + [image / np.float32(255.0) for image in load_sample_images().images]
     photos = [torch.from_numpy(a.transpose(2, 0, 1).copy()).float().unsqueeze(0) for a in arrays]
@@ -153,8 +153,8 @@ def photo_patches(count: int, generator: torch.Generator, size: int = PATCH) -> 
 
 def training_images(generator: torch.Generator) -> torch.Tensor:
     """Digits-rgb32 training images, photo crops and foolbox's CIFAR-100 samples, ``(N, 3, 32, 32)`` in ``[0, 1]``."""
-    from robustcheck.data import digits_rgb32
-    from robustcheck.data_formats import foolbox_cifar100
+    from robustcheck.data.builtin import digits_rgb32
+    from robustcheck.data.formats.foolbox import foolbox_cifar100
 
     return torch.cat([digits_rgb32("train").x, photo_patches(PHOTO_PATCHES, generator), foolbox_cifar100().x])
 
@@ -205,8 +205,8 @@ def train(name: str = NAME, out_dir: Path | None = None, *, verbose: bool = True
 
 
 def _train(name: str, out_dir: Path | None, *, verbose: bool) -> tuple[Path, float]:
-    from robustcheck.data import digits_rgb32
-    from robustcheck.runner import seed_everything
+    from robustcheck.data.builtin import digits_rgb32
+    from robustcheck.seeding import seed_everything
 
     seed_everything(TRAIN_SEED)
     generator = torch.Generator().manual_seed(TRAIN_SEED)

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from robustcheck.data import load_data
-from robustcheck.runner import seed_everything
+from robustcheck.data.loading import load_data
+from robustcheck.seeding import seed_everything
 from robustcheck.zoo import ZOO
 
 TRAIN_SEED = 0

@@ -1,0 +1,235 @@
+"""The ``robustcheck`` command line: ``list``, ``audit``, ``leaderboard``, ``zoo train``, ``verify``.
+
+Exit codes: 0 ok, 1 a score under ``--fail-under``, 2 usage or input error (or a probe that
+raised), 3 inconclusive (a run timed out), 130 interrupted (finished runs stay saved: ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from robustcheck import __version__
+from robustcheck.errors import EXIT_BELOW_THRESHOLD, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_USAGE, RobustCheckError
+from robustcheck.run.plan import DEFAULT_BUDGET_S, DEFAULT_MODEL, DEFAULT_OUT
+
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other usage error
+        self.exit(EXIT_USAGE, f"robustcheck: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="robustcheck", description="Robustness and adversarial testing for PyTorch image models.")
+    parser.add_argument("--version", action="version", version=f"robustcheck {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    listing = sub.add_parser("list", help="list registered models, data, probes, defenses and verifiers")
+    listing.add_argument("kind", nargs="?", choices=["model", "data", "probe", "defense", "verifier"], help="only this kind")
+
+    audit = sub.add_parser("audit", help="audit models and write results.json, records.csv and report.html")
+    audit.add_argument("--model", action="append", help=f"registry name, import path 'pkg.mod:factory' or file (repeatable; default {DEFAULT_MODEL})")
+    audit.add_argument("--data", help="data source (default: each model's own)")
+    audit.add_argument("--probe", action="append", help="probe as NAME or NAME:key=value,... (repeatable; default: the default probe set)")
+    audit.add_argument("--defense", action="append", help="defense as NAME[:key=value,...] (repeatable; 'none' for bare models only; default: bare plus the default defenses)")
+    audit.add_argument("--samples", type=int, help="samples per run (default 100)")
+    audit.add_argument("--seed", type=int, help="seed of every run (default 0)")
+    audit.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT})")
+    audit.add_argument("--config", help="audit configuration file (TOML); command-line options override it")
+    audit.add_argument("--fail-under", type=float, help="exit 1 if any score is below this threshold")
+    audit.add_argument("--budget", type=float, help=f"time budget per run in seconds (default {DEFAULT_BUDGET_S:g}; 0: none)")
+    audit.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
+    audit.add_argument("--results-db", help="results database the runs are appended to, for leaderboards (default OUT/results.db)")
+    audit.add_argument("--executor", choices=["local", "ray"], help="where runs execute: in this process (default) or as Ray tasks (extra [ray])")
+    audit.add_argument("--shards", type=int, help="split each run of a shardable probe into N sample shards (run in parallel by --executor ray)")
+    audit.add_argument("--ray-task-cpus", type=float, help="CPUs per Ray task (default: what each probe declares, 1)")
+    audit.add_argument("--ray-task-gpus", type=float, help="GPUs per Ray task (default: what each probe declares, 0)")
+    audit.add_argument("--ray-address", help="join this Ray cluster ('auto', 'ray://head:10001'); default: start a local Ray instance")
+    audit.add_argument("--resume", action="store_true", help="reuse runs already finished in the output folder")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+
+    board = sub.add_parser("leaderboard", help="rank models and defended variants across audits")
+    board.add_argument("sources", nargs="+", help="results databases, results.json files or audit folders")
+    board.add_argument("--out", default="leaderboard.html", help="output file (default leaderboard.html)")
+    board.add_argument("--markdown", action="store_true", help="write Markdown instead of HTML")
+    board.add_argument("--all", action="store_true", help="average every run of a cell instead of taking the latest")
+
+    from robustcheck.cli import verify as verify_command
+
+    verify = sub.add_parser("verify", help="prove or refute local robustness / VNN-LIB properties (z3-safety)")
+    verify_command.add_arguments(verify)
+
+    zoo = sub.add_parser("zoo", help="the built-in model zoo")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", parser_class=_Parser)
+    train = zoo_sub.add_parser("train", help="retrain built-in models deterministically")
+    train.add_argument("names", nargs="*", help="models to train (default: all)")
+    train.add_argument("--out", help="folder for the weights (default: the installed package's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command or "audit"
+    if args.command is None:  # bare `robustcheck` runs the default audit
+        args = parser.parse_args(["audit", *(argv or [])])
+    try:
+        if command == "list":
+            return cmd_list(args)
+        if command == "leaderboard":
+            return cmd_leaderboard(args)
+        if command == "zoo":
+            return cmd_zoo(args, parser)
+        if command == "verify":
+            from robustcheck.cli import verify as verify_command
+
+            return verify_command.run(args)
+        return cmd_audit(args)
+    except RobustCheckError as exc:
+        print(f"robustcheck: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(message: str) -> str:
+    """Errors are shown as one line: torch and plugin messages often span several."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from robustcheck import registry
+
+    console = Console()
+    for kind in [args.kind] if args.kind else list(registry.GROUPS):
+        table = Table(title=f"{kind}s", title_justify="left", show_edge=False)
+        for column in ("name", "source", "description"):
+            table.add_column(column)
+        for entry in registry.entries(kind):
+            table.add_row(escape(entry.name), escape(entry.source), escape(entry.summary))
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from robustcheck.reports.leaderboard import build_leaderboard, to_markdown, write_leaderboard
+    from robustcheck.run.history import runs_frame
+
+    table, probes = build_leaderboard(runs_frame(args.sources), all_runs=args.all)
+    path = write_leaderboard(table, probes, args.out, markdown=args.markdown)
+    if not args.markdown:
+        print(to_markdown(table, probes), end="")
+    print(f"leaderboard: {path}")
+    return EXIT_OK
+
+
+def cmd_zoo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import importlib
+
+    from robustcheck.errors import UnknownPluginError, UsageError
+    from robustcheck.zoo import TRAINERS
+
+    if args.zoo_command != "train":
+        parser.parse_args(["zoo", "--help"])
+    for name in args.names or list(TRAINERS):
+        if name not in TRAINERS:
+            raise UnknownPluginError("zoo model", name, TRAINERS)
+        trainer = TRAINERS[name]
+        module, _, function = trainer.function.partition(":")
+        train = getattr(importlib.import_module(module), function)
+        path, quality = train(name, Path(args.out) if args.out else None)
+        print(f"{name}: {trainer.metric} {quality:.4f}, weights written to {path}")
+        if trainer.minimum is not None and quality < trainer.minimum:
+            raise UsageError(f"{name} reached only {quality:.4f} {trainer.metric} (< {trainer.minimum})")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from robustcheck.run.plan import AuditPlan
+
+    plan = AuditPlan.from_sources(_cli_options(args), args.config)
+    return run_audit(plan, resume=args.resume, quiet=args.quiet)
+
+
+def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {
+        "models": args.model,
+        "data": args.data,
+        "probes": args.probe,
+        "defenses": args.defense,
+        "samples": args.samples,
+        "seed": args.seed,
+        "out": args.out,
+        "fail_under": args.fail_under,
+        "budget": args.budget,
+        "batch_size": args.batch_size,
+        "results_db": args.results_db,
+        "executor": args.executor,
+        "ray_address": args.ray_address,
+        "ray_task_cpus": args.ray_task_cpus,
+        "ray_task_gpus": args.ray_task_gpus,
+        "shards": args.shards,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
+    """Execute ``plan``; every finished run is saved at once, outputs are written at the end."""
+    from robustcheck.run.runner import Runner
+
+    runner = Runner(plan.out, resume=resume, quiet=quiet)
+    try:  # Ctrl-C while models load or outputs are written is an interruption too, not a traceback
+        executor = plan.make_executor()
+        specs = plan.specs(runner)
+        runner.check(specs)
+        outcomes = runner.run(specs, executor)
+        runner.write_outputs(outcomes, plan.seed, plan.fail_under, plan.results_db_path)
+    except KeyboardInterrupt:
+        print(f"\nrobustcheck: interrupted; finished runs are saved in {plan.out}: rerun with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not quiet:
+        _print_summary(outcomes, plan)
+    errors = [o for o in outcomes if o.result.status == "error"]
+    for o in errors:
+        print(f"robustcheck: error: {_one_line(f'{o.spec.label}: {o.result.message}')}", file=sys.stderr)
+    if errors:
+        return EXIT_USAGE
+    if any(o.result.score is not None and o.result.score < plan.threshold(o.spec.probe) for o in outcomes):
+        return EXIT_BELOW_THRESHOLD
+    if any(o.result.status == "timeout" for o in outcomes):
+        return EXIT_INCONCLUSIVE
+    return EXIT_OK
+
+
+def _print_summary(outcomes: Sequence[Any], plan: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="robustcheck audit", title_justify="left")
+    for column in ("model", "defense", "probe", "clean acc", "score", "status", "seconds"):
+        table.add_column(column)
+    for o in outcomes:
+        r = o.result
+        clean = r.metrics.get("clean_accuracy")
+        score = "—" if r.score is None else f"{r.score:.3f}"
+        if r.score is not None and r.score < plan.threshold(o.spec.probe):
+            score = f"[red]{score}[/red]"
+        table.add_row(
+            escape(o.spec.model), escape(o.spec.defense or "—"), escape(o.spec.probe), "—" if clean is None else f"{clean:.3f}", score,
+            r.status + (" (saved)" if o.resumed else ""), f"{r.seconds:.1f}",
+        )  # fmt: skip
+    console = Console()
+    console.print(table)
+    console.print(f"report: {escape(str(Path(plan.out) / 'report.html'))}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Labelled image data: one validated container and the built-in data sources.
+
+Images are float32 tensors ``(N, C, H, W)`` in ``[0, 1]``; labels are int64 ``(N,)``.
+Sources are looked up by name in the ``robustcheck.data`` registry group, or read from a path
+(``.npz``, image folder, MNIST idx, CIFAR-10 batches: see :mod:`robustcheck.data.loading`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustcheck.errors import InputError, UsageError
+
+
+@dataclass
+class ImageDataset:
+    """Validated labelled images.
+
+    Attributes:
+        x: ``(N, C, H, W)`` float32 images inside ``bounds``.
+        y: ``(N,)`` int64 labels in ``[0, len(classes))``.
+        classes: class names (index = label).
+        name: identifier used in results and reports.
+        bounds: value range of ``x``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str] | None = None
+    name: str = "data"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.x, self.y = validate_arrays(self.x, self.y, self.bounds, self.classes, self.name)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image shape ``(C, H, W)``."""
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def head(self, n: int | None) -> ImageDataset:
+        """The first ``n`` samples (all if ``n`` is None or larger than the set)."""
+        if n is None or n >= len(self):
+            return self
+        if n <= 0:
+            raise UsageError(f"number of samples must be positive, got {n}")
+        return ImageDataset(self.x[:n], self.y[:n], self.classes, self.name, self.bounds, dict(self.meta))
+
+    def subset(self, index: torch.Tensor) -> ImageDataset:
+        """The samples at ``index`` (int64 ``(M,)``), in that order (e.g. a shard of a run)."""
+        return ImageDataset(self.x[index], self.y[index], self.classes, self.name, self.bounds, dict(self.meta))
+
+
+def validate_arrays(
+    x: Any, y: Any, bounds: tuple[float, float] = (0.0, 1.0), classes: Sequence[str] | None = None, name: str = "data"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check images and labels; return ``(float32 x, int64 y)`` or raise :class:`InputError` naming the problem."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)):
+        raise InputError(f"{name}: images have unsupported dtype {x.dtype}")
+    if not x.is_floating_point():
+        raise InputError(f"{name}: images are integers ({x.dtype}); convert to float in {list(bounds)} first")
+    if x.ndim != 4:
+        raise InputError(f"{name}: images must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3, 4):
+        raise InputError(f"{name}: images have {x.shape[1]} channels; expected channels-first (N, C, H, W) with C in 1, 3, 4")
+    if y.ndim != 1 or len(y) != len(x):
+        raise InputError(f"{name}: labels must have shape ({len(x)},), got {tuple(y.shape)}")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise InputError(f"{name}: labels must be integers, got non-integral values")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name}: images contain NaN or Inf values")
+    low, high = bounds
+    if x.numel() and (x.min() < low or x.max() > high):
+        raise InputError(f"{name}: image values lie in [{x.min().item():.4g}, {x.max().item():.4g}], outside bounds [{low:g}, {high:g}]")
+    y = y.long()
+    if len(y) and y.min() < 0:
+        raise InputError(f"{name}: labels must be non-negative, got {y.min().item()}")
+    if classes is not None and len(y) and y.max() >= len(classes):
+        raise InputError(f"{name}: label {y.max().item()} is out of range for {len(classes)} classes")
+    return x.float().contiguous(), y
+
+
+def hwc_uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W[, C])`` uint8 -> ``(N, C, H, W)`` float32 in ``[0, 1]``."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float() / 255.0

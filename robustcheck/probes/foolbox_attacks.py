@@ -1,0 +1,362 @@
+"""Standard attacks through foolbox 3, as probes: FGSM, PGD (Linf, L2), DeepFool, C&W-L2, Boundary.
+
+Every attack is run at each epsilon in ``epsilons`` (minimisation attacks run once and foolbox
+clips their result to each epsilon). Success is *re-checked* by running the target model on the
+clipped adversarials: foolbox's own flags are only reported (``foolbox_disagreements``). An
+adversarial found within a smaller epsilon also lies within every larger one, so a sample counts
+as robust at ``eps`` only if no attack at any epsilon up to ``eps`` fooled it: the robust-accuracy
+curve never increases.
+
+With a defense applied, ``adaptive=True`` (default) attacks the defended model end to end;
+``adaptive=False`` crafts on the bare model and feeds the result through the defense.
+``eot=N`` (> 1) attacks the mean logits over N forward passes (expectation over transformation,
+Athalye et al. 2018): for randomised defenses, each gradient then averages N random draws.
+
+Metrics: ``clean_accuracy``; ``robust_accuracy`` (epsilon as a string -> accuracy);
+``auc`` (area under the robust-accuracy curve over the epsilon range, in [0, 1]);
+``attack_success_rate`` (fooled at the largest epsilon, among clean-correct samples);
+``median_min_epsilon`` (over clean-correct samples fooled within the range).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from robustcheck.api import Artifact, Probe, ProbeResult, RunContext
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.errors import InputError, ProbeTimeout, UsageError
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.ops.metrics import epsilon_key, normalized_auc, robust_accuracy_curve
+from robustcheck.probes._foolbox import import_foolbox
+from robustcheck.registry import register
+
+LINF_EPSILONS = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
+L2_EPSILONS = [0.0, 0.25, 0.5, 1.0, 2.0]
+
+
+class FoolboxAttack(Probe):
+    """Base class: subclasses set ``norm``, ``defaults`` and :meth:`make_attack`."""
+
+    norm: ClassVar[str] = "linf"
+    requires = frozenset({"gradients"})
+    score_doc = (
+        "Normalised area under the robust-accuracy-vs-epsilon curve (1 = every sample stays correctly "
+        "classified at every epsilon; 0 = none does)."
+    )
+    common_defaults: ClassVar[dict[str, Any]] = {"adaptive": True, "examples": 4, "eot": 1}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {**FoolboxAttack.common_defaults, **cls.defaults}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        eps = self.params["epsilons"]
+        if not eps or not all(0 <= e < math.inf for e in eps):  # also rejects NaN and inf
+            raise UsageError(f"probe {self.name!r}: epsilons must be a non-empty list of finite non-negative numbers, got {eps}")
+        self.params["epsilons"] = sorted(float(e) for e in eps)
+        if self.params["eot"] < 1:
+            raise UsageError(f"probe {self.name!r}: eot must be a positive number of draws, got {self.params['eot']}")
+
+    def make_attack(self, fb: Any) -> Any:
+        raise NotImplementedError
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
+        epsilons: list[float] = self.params["epsilons"]
+        surrogate = context.bare_model if context.bare_model is not None and not self.params["adaptive"] else model
+        rows: list[dict[str, Any]] = []
+        clipped_parts, disagreements = [], 0
+        status, message = "ok", ""
+        for start in range(0, len(data), context.batch_size):
+            try:
+                context.check_time()
+            except ProbeTimeout as exc:
+                status, message = "timeout", f"{exc}: {start} of {len(data)} samples attacked"
+                break
+            x = data.x[start : start + context.batch_size]
+            y = data.y[start : start + context.batch_size]
+            clipped, fb_success = self._attack(surrogate, x, y)
+            held, batch_rows = self._evaluate(model, x, y, clipped, start)
+            if surrogate is model:  # foolbox judged success on the same model: count where it disagrees
+                disagreements += int((fb_success.numpy() == held).sum())
+            clipped_parts.append(clipped)
+            rows.extend(batch_rows)
+            context.advance(len(x))
+        if not rows:
+            raise ProbeTimeout("time budget spent before the first batch finished")
+        records = pd.DataFrame(rows)
+        adaptive = bool(self.params["adaptive"]) if context.bare_model is not None else None
+        metrics = self._metrics(records, disagreements, adaptive)
+        artifacts = self._examples(model, data, records, torch.cat(clipped_parts, dim=1), epsilons)
+        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+
+    def _metrics(self, records: pd.DataFrame, disagreements: int, adaptive: bool | None) -> dict[str, Any]:
+        """Every metric, from the per-sample records alone (so shards merge exactly).
+
+        A sample is robust at ``epsilons[k]`` if it is classified correctly and no attack up to
+        ``epsilons[k]`` fooled it: its ``min_epsilon`` (first breaking epsilon) is missing or larger.
+        """
+        epsilons: list[float] = self.params["epsilons"]
+        correct = records["correct"].to_numpy(bool)
+        min_epsilon = records["min_epsilon"].to_numpy(float)  # NaN: never fooled
+        robust = correct[None, :] & ~(np.asarray(epsilons)[:, None] >= min_epsilon[None, :])
+        curve = robust_accuracy_curve(robust, epsilons)
+        fooled_final = correct & ~robust[-1]
+        broken = min_epsilon[correct & ~np.isnan(min_epsilon)]
+        return {
+            "clean_accuracy": float(correct.mean()),
+            "robust_accuracy": curve,
+            "auc": normalized_auc(epsilons, list(curve.values())),
+            "attack_success_rate": float(fooled_final.sum() / correct.sum()) if correct.any() else 0.0,
+            "median_min_epsilon": float(np.median(broken)) if len(broken) else None,
+            "norm": self.norm,
+            "adaptive": adaptive,
+            # foolbox's success flags contradicting the re-run (only when crafted on the target itself)
+            "foolbox_disagreements": int(disagreements),
+            "samples": len(records),
+        }
+
+    shardable = True
+
+    def merge(self, parts: Sequence[ProbeResult], offsets: Sequence[int]) -> ProbeResult:
+        """Concatenate the shards' records (re-indexed) and recompute every metric from them."""
+        records = pd.concat(
+            [p.records.assign(index=p.records["index"] + offset) for p, offset in zip(parts, offsets, strict=True)],
+            ignore_index=True,
+        )
+        disagreements = sum(int(p.metrics["foolbox_disagreements"]) for p in parts)
+        metrics = self._metrics(records, disagreements, parts[0].metrics.get("adaptive"))
+        artifacts = [a for p in parts for a in p.artifacts][: self.params["examples"]]
+        timeouts = [p.message for p in parts if p.status == "timeout"]
+        status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
+        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+
+    def _attack(self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success flags."""
+        fb = import_foolbox()
+        if self.params["eot"] > 1:
+            surrogate = expectation_over_draws(surrogate, self.params["eot"])
+        x, y = x.to(surrogate.device), y.to(surrogate.device)
+        low, high = surrogate.bounds
+        if x.numel() and (x.min() < low or x.max() > high):  # foolbox would fail a bare assert
+            raise InputError(
+                f"probe {self.name!r}: input values lie in [{x.min().item():.4g}, {x.max().item():.4g}], "
+                f"outside the bounds [{low:g}, {high:g}] of model {surrogate.name!r}"
+            )
+        with surrogate.eval_mode(), surrogate.frozen():
+            fmodel = fb.PyTorchModel(surrogate, bounds=surrogate.bounds, device=surrogate.device)
+            try:
+                clipped, success = self._run_attack(fb, fmodel, x, y)
+            except AssertionError as exc:  # foolbox asserts on inputs outside bounds, with no message
+                raise InputError(
+                    f"foolbox rejected the inputs of probe {self.name!r}: values in [{x.min().item():.4g}, "
+                    f"{x.max().item():.4g}] must lie within the model bounds [{low:g}, {high:g}] ({exc or 'assertion failed'})"
+                ) from exc
+        return torch.stack([c.detach().cpu() for c in clipped]), torch.stack([s.cpu() for s in success])
+
+    def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        """One foolbox call: per-epsilon clipped adversarials and success flags."""
+        _, clipped, success = self.make_attack(fb)(fmodel, x, fb.criteria.Misclassification(y), epsilons=self.params["epsilons"])
+        return clipped, success
+
+    def _evaluate(
+        self, model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, clipped: torch.Tensor, offset: int
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Re-run ``model`` on clean and adversarial images.
+
+        Returns the per-epsilon flags ``(num_eps, B)`` (correct and the adversarial of this epsilon not
+        fooling) and one record per sample; ``min_epsilon`` is the first epsilon at which the sample is
+        not robust (misclassified or fooled at that or any smaller epsilon).
+        """
+        epsilons = self.params["epsilons"]
+        clean_prob = model.predict(x).softmax(1)
+        clean_conf, clean_pred = clean_prob.max(1)
+        correct = clean_pred == y
+        adv_prob = model.predict(clipped.flatten(0, 1)).softmax(1).view(len(epsilons), len(x), -1)
+        adv_conf, adv_pred = adv_prob.max(2)
+        held = (correct.unsqueeze(0) & (adv_pred == y.unsqueeze(0))).numpy()
+        robust = np.logical_and.accumulate(held, axis=0)
+        p = 2 if self.norm == "l2" else float("inf")
+        rows = []
+        for i in range(len(x)):
+            broken = np.flatnonzero(~robust[:, i])
+            first = int(broken[0]) if len(broken) else len(epsilons) - 1
+            rows.append(
+                {
+                    "index": offset + i,
+                    "label": int(y[i]),
+                    "prediction": int(clean_pred[i]),
+                    "confidence": float(clean_conf[i]),
+                    "correct": bool(correct[i]),
+                    # smallest epsilon of the grid at which the sample is misclassified (0 if already clean)
+                    "min_epsilon": float(epsilons[first]) if len(broken) else None,
+                    "adv_prediction": int(adv_pred[first, i]),
+                    "adv_confidence": float(adv_conf[first, i]),
+                    "perturbation": float((clipped[first, i] - x[i]).flatten().norm(p=p)),
+                }
+            )
+        return held, rows
+
+    def _examples(
+        self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor, epsilons: list[float]
+    ) -> list[Artifact]:
+        """Clean vs adversarial (at the smallest breaking epsilon) for the first fooled samples."""
+        fooled = records[records["correct"] & records["min_epsilon"].notna()].head(self.params["examples"])
+        artifacts = []
+        for _, row in fooled.iterrows():
+            i, eps = int(row["index"]), float(row["min_epsilon"])
+            clean, adv = data.x[i], clipped[epsilons.index(eps), i]
+            delta = adv - clean
+            scale = float(delta.abs().max()) or 1.0
+            artifacts.append(
+                Artifact(
+                    f"sample {i} (label {model.label(int(row['label']))})",
+                    [clean.numpy(), adv.numpy(), (0.5 + 0.5 * delta / scale).numpy()],
+                    [
+                        f"clean: {model.label(int(row['prediction']))} ({row['confidence']:.2f})",
+                        f"eps {epsilon_key(eps)}: {model.label(int(row['adv_prediction']))} ({row['adv_confidence']:.2f})",
+                        f"perturbation x{1 / scale:.3g}" if scale else "perturbation",
+                    ],
+                )
+            )
+        return artifacts
+
+
+class MeanLogits(nn.Module):
+    """``(B, C, H, W)`` -> the mean of ``model``'s logits ``(B, K)`` over ``draws`` forward passes.
+
+    The input is tiled into one batch of ``draws * B`` images, so a randomised model draws
+    independently for each copy.
+    """
+
+    def __init__(self, model: ImageClassifier, draws: int) -> None:
+        super().__init__()
+        self.model, self.draws = model, draws
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x.repeat(self.draws, *([1] * (x.ndim - 1))))
+        return logits.view(self.draws, len(x), -1).mean(dim=0)
+
+
+def expectation_over_draws(model: ImageClassifier, draws: int) -> ImageClassifier:
+    """``model`` averaged over ``draws`` forward passes (EOT), with the same bounds, labels and device."""
+    return ImageClassifier(
+        MeanLogits(model, draws),
+        bounds=model.bounds,
+        labels=model.labels,
+        input_shape=model.input_shape,
+        name=f"{model.name} (EOT x{draws})",
+        device=model.device,
+    )
+
+
+@register("probe", "fgsm")
+class FGSM(FoolboxAttack):
+    """Fast Gradient Sign Method (Goodfellow et al. 2015), Linf."""
+
+    norm = "linf"
+    in_default_audit = True
+    defaults = {"epsilons": LINF_EPSILONS}
+
+    def make_attack(self, fb: Any) -> Any:
+        return fb.attacks.LinfFastGradientAttack(random_start=False)
+
+
+@register("probe", "pgd-linf")
+class PGDLinf(FoolboxAttack):
+    """Projected gradient descent (Madry et al. 2018), Linf, random start."""
+
+    norm = "linf"
+    in_default_audit = True
+    defaults = {"epsilons": LINF_EPSILONS, "steps": 20, "rel_stepsize": 0.1, "random_start": True}
+
+    def make_attack(self, fb: Any) -> Any:
+        p = self.params
+        return fb.attacks.LinfPGD(rel_stepsize=p["rel_stepsize"], steps=p["steps"], random_start=p["random_start"])
+
+
+@register("probe", "pgd-l2")
+class PGDL2(FoolboxAttack):
+    """Projected gradient descent (Madry et al. 2018), L2, random start."""
+
+    norm = "l2"
+    in_default_audit = True
+    defaults = {"epsilons": L2_EPSILONS, "steps": 20, "rel_stepsize": 0.1, "random_start": True}
+
+    def make_attack(self, fb: Any) -> Any:
+        p = self.params
+        return fb.attacks.L2PGD(rel_stepsize=p["rel_stepsize"], steps=p["steps"], random_start=p["random_start"])
+
+
+@register("probe", "deepfool")
+class DeepFool(FoolboxAttack):
+    """DeepFool (Moosavi-Dezfooli et al. 2016), L2 minimal perturbation."""
+
+    norm = "l2"
+    in_default_audit = True
+    defaults = {"epsilons": L2_EPSILONS, "steps": 50, "candidates": 10, "overshoot": 0.02}
+
+    def make_attack(self, fb: Any) -> Any:
+        p = self.params
+        return fb.attacks.L2DeepFoolAttack(steps=p["steps"], candidates=p["candidates"], overshoot=p["overshoot"])
+
+
+@register("probe", "cw-l2")
+class CarliniWagnerL2(FoolboxAttack):
+    """Carlini & Wagner L2 attack (2017), minimal perturbation with binary search over the constant."""
+
+    norm = "l2"
+    defaults = {"epsilons": L2_EPSILONS, "binary_search_steps": 5, "steps": 100, "stepsize": 0.01, "confidence": 0.0}
+
+    def make_attack(self, fb: Any) -> Any:
+        p = self.params
+        return fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=p["binary_search_steps"], steps=p["steps"], stepsize=p["stepsize"], confidence=p["confidence"]
+        )
+
+
+@register("probe", "boundary")
+class Boundary(FoolboxAttack):
+    """Boundary attack (Brendel et al. 2018): decision-based, needs no gradients, L2."""
+
+    norm = "l2"
+    requires = frozenset()
+    defaults = {"epsilons": L2_EPSILONS, "steps": 500}
+
+    def make_attack(self, fb: Any) -> Any:
+        return fb.attacks.BoundaryAttack(steps=self.params["steps"])
+
+    def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        """foolbox's BoundaryAttack raises ValueError for the whole batch when its random-noise
+        initialisation finds no adversarial start for some sample (and warns first). Run that same
+        initialisation here and attack only the samples it found a start for; the others count as
+        not fooled (their adversarial is the clean image)."""
+        epsilons = self.params["epsilons"]
+        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)  # foolbox's default init_attack
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*failed to draw sufficient random inputs", category=UserWarning)
+            starts = init.run(fmodel, x, fb.criteria.Misclassification(y))
+        with torch.no_grad():
+            found = fmodel(starts).argmax(1) != y
+        attack = self.make_attack(fb)
+        if bool(found.all()):
+            _, clipped, success = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=epsilons, starting_points=starts)
+            return clipped, success
+        clipped = [x.clone() for _ in epsilons]
+        success = [torch.zeros(len(x), dtype=torch.bool, device=x.device) for _ in epsilons]
+        if bool(found.any()):
+            _, part, part_success = attack(
+                fmodel, x[found], fb.criteria.Misclassification(y[found]), epsilons=epsilons, starting_points=starts[found]
+            )
+            for k in range(len(epsilons)):
+                clipped[k][found], success[k][found] = part[k], part_success[k]
+        return clipped, success

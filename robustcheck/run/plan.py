@@ -1,0 +1,261 @@
+"""An audit plan: which models, data, probes and defenses to combine, from the CLI and/or a TOML file.
+
+Config file (every key optional; command-line options override)::
+
+    seed = 0
+    samples = 100
+    out = "robustcheck-report"
+    results_db = "results.db"  # runs are appended here for leaderboards (default: OUT/results.db)
+    data = "digits-rgb32"
+    fail_under = 0.3          # threshold for every probe
+    budget = 120              # seconds per run
+    executor = "local"        # or "ray" (extra [ray]); ray_address = "auto" joins a running cluster
+    ray_task_gpus = 1         # resources of each Ray task (ray_task_cpus too), overriding the probes' own
+    shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
+    models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
+    defenses = ["none", "bit-depth:bits=3"]
+
+    [[probes]]
+    name = "pgd-linf"
+    params = { steps = 10, epsilons = [0, 0.03] }
+    fail_under = 0.4          # this probe's threshold
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustcheck import registry
+from robustcheck.errors import InputError, RequirementError, UnknownPluginError, UsageError, suggest
+from robustcheck.params import parse_spec
+
+DEFAULT_MODEL = "digits-cnn"
+DEFAULT_OUT = "robustcheck-report"
+DEFAULT_SAMPLES = 100
+DEFAULT_BUDGET_S = 120.0
+TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
+            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards"}  # fmt: skip
+MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
+PROBE_KEYS = {"name", "params", "fail_under"}
+
+
+@dataclass
+class ProbeChoice:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    fail_under: float | None = None
+
+
+@dataclass
+class ModelChoice:
+    source: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuditPlan:
+    """Everything an audit combines; :meth:`specs` expands it into run units."""
+
+    models: list[ModelChoice]
+    probes: list[ProbeChoice] | None  # None: each model's default probe set
+    defenses: list[str | None] | None  # None: bare plus the default defenses
+    data: str | None = None
+    samples: int = DEFAULT_SAMPLES
+    seed: int = 0
+    out: Path = Path(DEFAULT_OUT)
+    fail_under: float | None = None
+    budget: float | None = DEFAULT_BUDGET_S
+    batch_size: int = 64
+    results_db: Path | None = None  # None: OUT/results.db
+    executor: str = "local"  # where units run: "local" or "ray" (robustcheck.run.ray)
+    ray_address: str | None = None  # None with executor "ray": start a local Ray instance
+    ray_task_cpus: float | None = None  # per-task resources, overriding what probes declare
+    ray_task_gpus: float | None = None
+    shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
+
+    def make_executor(self) -> Any:
+        """The executor the audit runs on (checked, and Ray imported, before any run)."""
+        from robustcheck.run.ray import create_executor
+
+        return create_executor(self.executor, self.ray_address, task_cpus=self.ray_task_cpus, task_gpus=self.ray_task_gpus)
+
+    @property
+    def results_db_path(self) -> Path:
+        """Where the audit appends its runs for leaderboards (default: next to the report)."""
+        return self.results_db or self.out / "results.db"
+
+    @classmethod
+    def from_sources(cls, cli: dict[str, Any], config: str | Path | None = None) -> AuditPlan:
+        """Merge a TOML config (if any) with command-line options (which win)."""
+        values = load_config(config) if config else {}
+        values.update(cli)
+        if isinstance(values.get("models"), list) and values["models"] and isinstance(values["models"][0], str):
+            values["models"] = [_model_choice(m, f"models[{i}]") for i, m in enumerate(values["models"])]
+        probes = values.get("probes")
+        if probes is not None:
+            values["probes"] = [p if isinstance(p, ProbeChoice) else _probe_choice(p, f"probes[{i}]") for i, p in enumerate(probes)]
+        defenses = values.get("defenses")
+        if defenses is not None:
+            values["defenses"] = [None if d in (None, "none") else _check_name("defense", d, "defenses") for d in defenses]
+        budget = values.get("budget", DEFAULT_BUDGET_S)
+        return cls(
+            models=values.get("models") or [ModelChoice(DEFAULT_MODEL)],
+            probes=values.get("probes"),
+            defenses=values.get("defenses"),
+            data=values.get("data"),
+            samples=_positive_int(values.get("samples", DEFAULT_SAMPLES), "samples"),
+            seed=int(values.get("seed", 0)),
+            out=Path(values.get("out", DEFAULT_OUT)),
+            fail_under=values.get("fail_under"),
+            budget=float(budget) if budget else None,
+            batch_size=_positive_int(values.get("batch_size", 64), "batch_size"),
+            results_db=Path(values["results_db"]) if values.get("results_db") else None,
+            executor=values.get("executor") or "local",
+            ray_address=values.get("ray_address"),
+            ray_task_cpus=values.get("ray_task_cpus"),
+            ray_task_gpus=values.get("ray_task_gpus"),
+            shards=_positive_int(values.get("shards", 1), "shards"),
+        )
+
+    def threshold(self, probe: str) -> float:
+        """The score below which ``probe`` fails (``-inf``: no threshold)."""
+        for choice in self.probes or []:
+            if choice.name == probe and choice.fail_under is not None:
+                return choice.fail_under
+        return self.fail_under if self.fail_under is not None else -math.inf
+
+    def specs(self, runner: Any) -> list[Any]:
+        """Expand into run units, in a fixed order: model, defense (bare first), probe."""
+        from robustcheck.plugins import create_defense, create_probe, plugin_class
+        from robustcheck.run.runner import RunSpec
+
+        defenses = self.defenses if self.defenses is not None else [None, *_default_names("defense")]
+        specs = []
+        for choice in self.models:
+            model_id = choice.options.get("name", choice.source)
+            if choice.options:
+                from robustcheck.models.loading import load_model
+
+                runner.add_model(model_id, load_model(choice.source, **choice.options))
+            model = runner.model(model_id)
+            for defense in defenses:
+                target = create_defense(defense).apply(model) if defense else model
+                for probe in self.probes or [ProbeChoice(n) for n in _default_names("probe")]:
+                    if self.probes is None or (defense is not None and self.defenses is None):
+                        # defaults (probes, or defenses nobody asked for): skip pairs that do not apply
+                        try:
+                            create_probe(probe.name, **probe.params).check_requirements(target)
+                        except RequirementError:
+                            continue
+                    shardable = getattr(plugin_class(probe.name), "shardable", False)
+                    specs.append(
+                        RunSpec(
+                            model=model_id,
+                            probe=probe.name,
+                            params=probe.params,
+                            data=self.data,
+                            defense=defense,
+                            samples=self.samples,
+                            seed=self.seed,
+                            budget_s=self.budget,
+                            batch_size=self.batch_size,
+                            model_options=choice.options,
+                            shards=min(self.shards, self.samples) if shardable else 1,
+                        )
+                    )
+        return specs
+
+
+def _default_names(kind: str) -> list[str]:
+    return [e.name for e in registry.entries(kind) if getattr(e.obj, "in_default_audit", False)]
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a TOML audit config; errors name the file and the offending key."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"config file {str(path)!r} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    for key in values:
+        if key not in TOP_KEYS:
+            raise UsageError(f"{path}: unknown key {key!r}{suggest(key, TOP_KEYS)}")
+    if "models" in values:
+        values["models"] = [_model_choice(m, f"{path}: models[{i}]") for i, m in enumerate(_as_list(values["models"], "models"))]
+    if "probes" in values:
+        values["probes"] = [_probe_choice(p, f"{path}: probes[{i}]") for i, p in enumerate(_as_list(values["probes"], "probes"))]
+    if "defenses" in values:
+        values["defenses"] = _as_list(values["defenses"], "defenses")
+    for key in ("fail_under", "budget", "ray_task_cpus", "ray_task_gpus"):
+        if key in values and not isinstance(values[key], (int, float)):
+            raise UsageError(f"{path}: {key!r} must be a number, got {values[key]!r}")
+    if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)):
+        raise UsageError(f"{path}: 'seed' must be an integer, got {values['seed']!r}")
+    for key in ("out", "data", "executor", "ray_address"):
+        if key in values and not isinstance(values[key], str):
+            raise UsageError(f"{path}: {key!r} must be a string, got {values[key]!r}")
+    for i, defense in enumerate(values.get("defenses", [])):
+        if not isinstance(defense, str):
+            raise UsageError(f"{path}: defenses[{i}] must be a string such as \"bit-depth:bits=4\" or \"none\", got {defense!r}")
+    return values
+
+
+def _as_list(value: Any, key: str) -> list[Any]:
+    if isinstance(value, (str, dict)):
+        return [value]
+    if not isinstance(value, list):
+        raise UsageError(f"config key {key!r} must be a list, got {value!r}")
+    return value
+
+
+def _model_choice(value: Any, where: str) -> ModelChoice:
+    if isinstance(value, ModelChoice):
+        return value
+    if isinstance(value, str):
+        return ModelChoice(value)
+    if not isinstance(value, dict) or "source" not in value:
+        raise UsageError(f"{where}: a model is a string or a table with a 'source' key, got {value!r}")
+    for key in value:
+        if key not in MODEL_KEYS:
+            raise UsageError(f"{where}: unknown key {key!r}{suggest(key, MODEL_KEYS)}")
+    options = {k: v for k, v in value.items() if k != "source"}
+    return ModelChoice(value["source"], options)
+
+
+def _probe_choice(value: Any, where: str) -> ProbeChoice:
+    if isinstance(value, str):
+        name, params = parse_spec(value)
+        return ProbeChoice(_check_name("probe", name, where), params)
+    if not isinstance(value, dict) or "name" not in value:
+        raise UsageError(f"{where}: a probe is a string or a table with a 'name' key, got {value!r}")
+    for key in value:
+        if key not in PROBE_KEYS:
+            raise UsageError(f"{where}: unknown key {key!r}{suggest(key, PROBE_KEYS)}")
+    params = value.get("params", {})
+    if not isinstance(params, dict):
+        raise UsageError(f"{where}: 'params' must be a table, got {params!r}")
+    fail_under = value.get("fail_under")
+    if fail_under is not None and not isinstance(fail_under, (int, float)):
+        raise UsageError(f"{where}: 'fail_under' must be a number, got {fail_under!r}")
+    return ProbeChoice(_check_name("probe", value["name"], where), dict(params), fail_under)
+
+
+def _check_name(kind: str, spec: str, where: str) -> str:
+    """Fail early on unknown plugin names (probes may also be verifiers)."""
+    name, _ = parse_spec(spec)
+    known = registry.names(kind) + (registry.names("verifier") if kind == "probe" else [])
+    if name not in known:
+        raise UnknownPluginError(kind, name, known)
+    return spec if kind == "defense" else name
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UsageError(f"{key!r} must be a positive integer, got {value!r}")
+    return value

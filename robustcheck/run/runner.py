@@ -1,0 +1,428 @@
+"""The runner: an audit is a list of independent run units (model x defense x probe x data).
+
+Each :class:`RunSpec` is plain data (serialisable, hashable into a ``run_id``), so runs can be
+executed in any order or elsewhere. The :class:`Runner` seeds each run, enforces its time budget,
+persists every finished run at once (:class:`~robustcheck.run.checkpoint.RunStore`) and writes the outputs:
+``results.json`` (canonical), ``records.csv`` (per-sample rows) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import itertools
+import json
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+import robustcheck
+from robustcheck.api import Artifact, ProbeResult, RunContext, Table
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.loading import load_data
+from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError, UsageError
+from robustcheck.jsonutil import json_default
+from robustcheck.models.classifier import ImageClassifier
+from robustcheck.plugins import plugin_class
+from robustcheck.seeding import seed_everything
+
+DEFAULT_SAMPLES = 100
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run unit. ``model``, ``data`` and ``defense`` are specs as the CLI takes them.
+
+    Attributes:
+        model: registry name, import path or file (``NAME:key=value`` for options).
+        probe: probe or verifier name; ``params`` its parameters.
+        data: data spec; ``None`` means the model's default data.
+        defense: defense spec (``bit-depth:bits=4``) or ``None``.
+        samples: number of leading samples of the data to use (``None``: all).
+        seed: seed for everything random in this run.
+        budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
+        model_options: adapter options the model was loaded with (bounds, mean, std, labels, ...);
+            part of ``run_id``, so resuming after changing them recomputes the runs.
+        shards: split the samples into this many contiguous shards, each its own unit (run in parallel
+            by the ray executor), merged by the probe (``Probe.merge``) into this run's result.
+        shard: set on a shard unit: which shard of ``shards`` it is (``None`` for a whole run).
+    """
+
+    model: str
+    probe: str
+    params: dict[str, Any] = field(default_factory=dict)
+    data: str | None = None
+    defense: str | None = None
+    samples: int | None = DEFAULT_SAMPLES
+    seed: int = 0
+    budget_s: float | None = None
+    batch_size: int = 64
+    model_options: dict[str, Any] = field(default_factory=dict)
+    shards: int = 1
+    shard: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise UsageError(f"shards must be a positive integer, got {self.shards!r}")
+        if self.shard is not None and not 0 <= self.shard < self.shards:
+            raise UsageError(f"shard {self.shard} out of range for {self.shards} shards")
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the result (everything but the time budget)."""
+        out = dataclasses.asdict(self)
+        out.pop("budget_s")
+        # defaults are left out, so run ids of specs without these fields stay as they were
+        for key, default in (("model_options", {}), ("shards", 1), ("shard", None)):
+            if out[key] == default:
+                out.pop(key)
+        return out
+
+    def shard_units(self) -> list[RunSpec]:
+        """The units this run executes as: itself, or one spec per shard."""
+        if self.shards == 1 or self.shard is not None:
+            return [self]
+        return [dataclasses.replace(self, shard=i) for i in range(self.shards)]
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        defense = f"+{self.defense}" if self.defense else ""
+        shard = f" [shard {self.shard + 1}/{self.shards}]" if self.shard is not None else ""
+        return f"{self.model}{defense} / {self.probe}{shard}"
+
+
+@dataclass
+class RunOutcome:
+    """A finished run: its spec, the result and whether it came from the store (``resumed``)."""
+
+    spec: RunSpec
+    result: ProbeResult
+    data_name: str
+    score_doc: str = ""
+    resumed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "run_id": self.spec.run_id,
+            "model": self.spec.model,
+            "defense": self.spec.defense,
+            "probe": self.spec.probe,
+            "params": self.spec.params,
+            "data": self.data_name,
+            "samples": int(len(r.records)) if len(r.records) else self.spec.samples,
+            "score": r.score,
+            "metrics": r.metrics,
+            "tables": [t.to_json() for t in r.tables],
+            "status": r.status,
+            "message": r.message,
+            "seconds": round(r.seconds, 3),
+            "seed": r.seed,
+            "score_doc": self.score_doc,
+        }
+
+
+def environment() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    import z3
+
+    from robustcheck.probes._foolbox import foolbox_version
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "foolbox": foolbox_version(),
+        "z3": z3.get_version_string(),
+        "platform": platform.platform(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+class Runner:
+    """Executes run specs with caching of models and data, persistence and progress.
+
+    Args:
+        out_dir: output folder (``None``: keep nothing on disk).
+        resume: reuse runs already stored in ``out_dir`` (else the store is cleared first).
+        quiet: no progress bars.
+    """
+
+    def __init__(self, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False) -> None:
+        from robustcheck.run.checkpoint import RunStore
+
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.quiet = quiet
+        self.store = RunStore(self.out_dir / "runs.sqlite") if self.out_dir is not None else None
+        if self.store is not None and not resume:
+            self.store.clear()
+        self._models: dict[str, ImageClassifier] = {}
+        self._data: dict[str, ImageDataset] = {}
+
+    # -- resolution (cached) -------------------------------------------------------------------
+    def add_model(self, name: str, model: ImageClassifier) -> None:
+        """Make an in-memory model available to specs under ``name``."""
+        self._models[name] = model
+
+    def add_data(self, name: str, data: ImageDataset) -> None:
+        """Make an in-memory data set available to specs under ``name``."""
+        self._data[name] = data
+
+    def model(self, spec: str) -> ImageClassifier:
+        if spec not in self._models:
+            from robustcheck.models.loading import load_model
+
+            self._models[spec] = load_model(spec)
+        return self._models[spec]
+
+    def data_for(self, spec: RunSpec) -> ImageDataset:
+        """The samples ``spec`` runs on, checked against its model (shape, bounds, label range)."""
+        model = self.model(spec.model)
+        name = spec.data or model.default_data
+        if name is None:
+            raise InputError(f"model {spec.model!r} names no default data: pass --data")
+        if name not in self._data:
+            self._data[name] = load_data(name)
+        data = self._data[name].head(spec.samples)
+        if spec.shard is not None:
+            start, stop = shard_bounds(len(data), spec.shards)[spec.shard]
+            data = data.subset(torch.arange(start, stop))
+        larger_ok = getattr(plugin_class(spec.probe), "accepts_larger_inputs", False)
+        model.validate(data.x, what=f"data {name!r}", larger_ok=larger_ok)  # every sample: bounds are per-sample
+        if model.num_classes is not None and len(data) and int(data.y.max()) >= model.num_classes:
+            raise InputError(f"data {name!r} has label {int(data.y.max())} but model {spec.model!r} has {model.num_classes} classes")
+        return data
+
+    def check(self, specs: Sequence[RunSpec]) -> None:
+        """Resolve every name, parameter, model and data set before running anything (fail fast)."""
+        from robustcheck.plugins import create_defense, create_probe
+
+        for spec in specs:
+            model = self.model(spec.model)
+            data = self.data_for(spec)
+            sample = data.x[:2]
+            if model.input_shape is not None:  # a probe may take larger photos and crop them itself
+                sample = sample[..., : model.input_shape[1], : model.input_shape[2]]
+            model.predict(sample)  # a model that raises fails here, before any run
+            target = create_defense(spec.defense).apply(model) if spec.defense else model
+            probe = create_probe(spec.probe, **spec.params)
+            probe.check_requirements(target)
+            if spec.shards > 1 and not probe.shardable:
+                raise UsageError(f"probe {spec.probe!r} cannot split its samples into shards (it does not implement merge)")
+            if spec.shards > len(data):
+                raise UsageError(f"{spec.shards} shards for {len(data)} samples: at most one shard per sample")
+
+    # -- execution -----------------------------------------------------------------------------
+    def execute(self, spec: RunSpec, progress: Any = None) -> RunOutcome:
+        """Run one unit now (no store lookup); probe errors become status ``error``."""
+        from robustcheck.plugins import create_defense, create_probe
+
+        model = self.model(spec.model)
+        data = self.data_for(spec)
+        # seed after the cached model and data are resolved: building a model the first time draws
+        # random initial weights, which would otherwise make a run depend on whether it came first
+        seed_everything(spec.seed)
+        probe = create_probe(spec.probe, **spec.params)
+        target = create_defense(spec.defense).apply(model) if spec.defense else model
+        probe.check_requirements(target)
+        deadline = time.monotonic() + spec.budget_s if spec.budget_s else None
+        context = RunContext(
+            seed=spec.seed,
+            deadline=deadline,
+            batch_size=spec.batch_size,
+            bare_model=model if spec.defense else None,
+            progress=progress,
+        )
+        start = time.perf_counter()
+        try:
+            result = probe.run(target, data, context)
+            json.dumps(result.metrics, default=json_default)  # metrics a probe cannot save fail this run only
+        except ProbeTimeout as exc:
+            result = ProbeResult(None, status="timeout", message=f"{exc} after {spec.budget_s} s")
+        except RobustCheckError as exc:
+            result = ProbeResult(None, status="error", message=str(exc))
+        except Exception as exc:  # a probe's bug must not lose the audit: record it, keep going
+            result = ProbeResult(None, status="error", message=f"probe {spec.probe!r} raised {type(exc).__name__}: {exc}")
+        result.seed, result.seconds = spec.seed, time.perf_counter() - start
+        return RunOutcome(spec, result, data.name, probe.score_doc)
+
+    def run(self, specs: Sequence[RunSpec], executor: Any = None) -> list[RunOutcome]:
+        """Execute ``specs``, reusing stored runs; each finished run is saved the moment it arrives.
+
+        ``executor`` (:mod:`robustcheck.run.ray`; default local, in this process) decides where units
+        run; outcomes come back in ``specs`` order whatever order they finish in.
+        """
+        from robustcheck.run.runner import LocalExecutor
+
+        outcomes: dict[int, RunOutcome] = {}
+        units: list[RunSpec] = []  # what still has to run: whole runs and shards
+        for index, spec in enumerate(specs):
+            stored = self._stored(spec)
+            if stored is not None:
+                outcomes[index] = stored
+            else:
+                units.extend(u for u in spec.shard_units() if u is spec or self._stored(u) is None)
+        with self._progress() as bar:
+            finished = {}
+            for position, outcome in (executor or LocalExecutor()).execute(self, units, bar):
+                self._save(outcome)
+                finished[units[position].run_id] = outcome
+        for index, spec in enumerate(specs):
+            if index not in outcomes:
+                outcomes[index] = finished.get(spec.run_id) or self._merge(spec, finished)
+        return [outcomes[i] for i in range(len(specs))]
+
+    def _merge(self, spec: RunSpec, finished: dict[str, RunOutcome]) -> RunOutcome:
+        """Combine the shard outcomes of ``spec`` (fresh or stored) into its outcome, and save it."""
+        from robustcheck.plugins import create_probe
+
+        parts = [finished.get(u.run_id) or self._stored(u) for u in spec.shard_units()]
+        results = [p.result for p in parts if p is not None]
+        offsets = [start for start, _ in shard_bounds(len(self.data_for(spec)), spec.shards)]
+        failed = [r for r in results if r.status == "error"]
+        probe = create_probe(spec.probe, **spec.params)
+        if failed or len(results) < spec.shards:
+            message = failed[0].message if failed else "a shard did not finish"
+            result = ProbeResult(None, status="error", message=f"{len(failed)} of {spec.shards} shards failed: {message}")
+        else:
+            result = probe.merge(results, offsets)
+        result.seed, result.seconds = spec.seed, sum(r.seconds for r in results)
+        data_name = parts[0].data_name if parts[0] is not None else ""
+        outcome = RunOutcome(spec, result, data_name, probe.score_doc)
+        self._save(outcome)
+        return outcome
+
+    def shipment(self, plugins: Sequence[Any] = ()) -> dict[str, Any]:
+        """What a remote worker needs to run this runner's specs: in-memory models and data, plugins."""
+        return {"models": dict(self._models), "data": dict(self._data), "plugins": list(plugins)}
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[Any]:
+        if self.quiet:
+            yield None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, transient=False) as bar:
+            yield bar
+
+    def _stored(self, spec: RunSpec) -> RunOutcome | None:
+        if self.store is None:
+            return None
+        found = self.store.load(spec.run_id)
+        if found is None:
+            return None
+        row, records, artifacts = found
+        if row["status"] == "error":  # errors are retried on resume; ok and timeout runs are final
+            return None
+        tables = [Table.from_json(t) for t in row.get("tables", [])]
+        result = ProbeResult(
+            row["score"], row["metrics"], records, artifacts, tables,
+            status=row["status"], message=row["message"], seed=row["seed"], seconds=row["seconds"],
+        )  # fmt: skip
+        return RunOutcome(spec, result, row["data"], row.get("score_doc", ""), resumed=True)
+
+    def _save(self, outcome: RunOutcome) -> None:
+        if self.store is not None:
+            spec = dataclasses.asdict(outcome.spec)
+            self.store.save(outcome.spec.run_id, spec, outcome.to_json(), outcome.result.records, outcome.result.artifacts)
+
+    # -- outputs -------------------------------------------------------------------------------
+    def results(self, outcomes: Sequence[RunOutcome], seed: int) -> dict[str, Any]:
+        """The canonical ``results.json`` content."""
+        return {
+            "robustcheck_version": robustcheck.__version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "seed": seed,
+            "environment": environment(),
+            "runs": [o.to_json() for o in outcomes],
+        }
+
+    def write_outputs(
+        self, outcomes: Sequence[RunOutcome], seed: int, fail_under: float | None = None, results_db: str | Path | None = None
+    ) -> dict[str, Any]:
+        """Write ``results.json``, ``records.csv`` and ``report.html`` into ``out_dir`` and append the
+        runs to the results database ``results_db`` (if given); return the results."""
+        from robustcheck.reports.html import write_report
+
+        results = self.results(outcomes, seed)
+        if self.out_dir is None:
+            return results
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=json_default) + "\n")
+        records_table(outcomes).to_csv(self.out_dir / "records.csv", index=False)
+        artifacts: dict[str, list[Artifact]] = {o.spec.run_id: o.result.artifacts for o in outcomes}
+        report = write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
+        if results_db is not None:
+            from robustcheck.run.history import ResultsDB, weights_hash
+
+            hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
+            ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)
+        return results
+
+
+def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
+    """All per-sample rows, each prefixed by the run it belongs to."""
+    frames = []
+    for o in outcomes:
+        if len(o.result.records):
+            frame = o.result.records.copy()
+            for position, (key, value) in enumerate(
+                (("run_id", o.spec.run_id), ("model", o.spec.model), ("defense", o.spec.defense or ""), ("probe", o.spec.probe))
+            ):
+                frame.insert(position, key, value)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "model", "defense", "probe"])
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each of ``shards`` contiguous, near-equal shards of ``n`` samples."""
+    edges = [round(i * n / shards) for i in range(shards + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def summary_line(outcome: RunOutcome) -> str:
+    r = outcome.result
+    return f"score {r.score:.3f}" if r.status == "ok" and r.score is not None else r.status
+
+
+def escape_label(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+
+
+
+
+
+class LocalExecutor:
+    """Run units in this process, in order, with a progress bar per unit."""
+
+    name = "local"
+
+    def execute(self, runner: Runner, specs: Sequence[RunSpec], bar: Any) -> Iterator[tuple[int, RunOutcome]]:
+        """Yield ``(index in specs, outcome)`` as units finish."""
+        from robustcheck.run.runner import escape_label, summary_line
+
+        for index, spec in enumerate(specs):
+            label = escape_label(spec.label)
+            task = bar.add_task(label, total=len(runner.data_for(spec))) if bar else None
+            outcome = runner.execute(spec, progress=(lambda n, t=task: bar.advance(t, n)) if bar else None)
+            if bar:
+                bar.update(task, completed=bar.tasks[task].total, description=f"{label}: {summary_line(outcome)}")
+            yield index, outcome
+
