@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.errors import ProbeTimeout, RequirementError
+from robustcheck.errors import ProbeTimeout, RequirementError, UsageError
 from robustcheck.models.classifier import ImageClassifier
-from robustcheck.params import resolve_params
+from robustcheck.params import Param, PluginSpec, declared_params, infer_param, resolve
+from robustcheck.seeding import seed_everything
 
 STATUSES = ("ok", "timeout", "error")
 
@@ -156,11 +157,13 @@ class RunContext:
 
 
 class Plugin:
-    """Shared behaviour: a registry ``name``, declared ``defaults`` and checked ``params``."""
+    """Shared behaviour: a registry ``name``, declared :class:`~robustcheck.params.Param` parameters
+    (``parameters``) and this instance's checked values (``params``; each also as ``self.<name>``)."""
 
     name: ClassVar[str] = "plugin"
     kind: ClassVar[str] = "plugin"
-    defaults: ClassVar[dict[str, Any]] = {}
+    #: every declared parameter, bases included (filled in for each subclass).
+    parameters: ClassVar[dict[str, Param]] = {}
     #: what the model must offer: "gradients", "captioner", "relu-network".
     requires: ClassVar[frozenset[str]] = frozenset()
     #: run by ``robustcheck audit`` when no probe / defense is named (and the model meets ``requires``).
@@ -168,28 +171,49 @@ class Plugin:
     #: what one run needs from a cluster scheduler (``num_cpus``, ``num_gpus``; the ray executor).
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        parameters: dict[str, Param] = {}
+        for klass in reversed(cls.__mro__):
+            # a plain ``defaults = {...}`` dict (third-party plugins) declares parameters by example
+            for key, default in (vars(klass).get("defaults") or {}).items():
+                parameters[key] = infer_param(key, default)
+        parameters.update(declared_params(cls))
+        cls.parameters = parameters
+
     def __init__(self, **params: Any) -> None:
-        self.params = resolve_params(f"{self.kind} {self.name!r}", self.defaults, params)
-        self.validate()
+        self.params = resolve(f"{self.kind} {self.name!r}", self.parameters, params)
+        try:
+            self.validate()
+        except UsageError as exc:  # the framework names the plugin, so messages need not
+            raise UsageError(f"{self.kind} {self.name!r}: {exc}") from None
 
     def validate(self) -> None:
-        """Check parameter values (raise :class:`UsageError`): bad values fail at creation, not mid-run."""
+        """Check what single declarations cannot (values that depend on each other): raise
+        :class:`UsageError` without the plugin's name, which the framework puts in front."""
+
+    @property
+    def spec(self) -> PluginSpec:
+        """This plugin with the parameters that differ from the defaults."""
+        changed = {k: v for k, v in self.params.items() if v != self.parameters[k].coerce(self.parameters[k].default)}
+        return PluginSpec(self.kind, self.name, changed)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
 
-    def check_requirements(self, model: ImageClassifier) -> None:
+    @classmethod
+    def check_requirements(cls, model: ImageClassifier) -> None:
         """Fail early, with a clear message, if ``model`` lacks what this plugin needs."""
         missing = []
-        if "gradients" in self.requires and model.gradients == "none":
+        if "gradients" in cls.requires and model.gradients == "none":
             missing.append("gradients (the model or its defense is not differentiable)")
-        if "captioner" in self.requires and not getattr(model, "is_captioner", False):
+        if "captioner" in cls.requires and not getattr(model, "is_captioner", False):
             missing.append("a captioner (CNN+LSTM) model")
-        if "relu-network" in self.requires and not model.is_relu_network():
+        if "relu-network" in cls.requires and not model.is_relu_network():
             missing.append("a network of Linear/Conv2d/ReLU layers only")
         if missing:
-            raise RequirementError(f"{self.kind} {self.name!r} needs {'; '.join(missing)}, which model {model.name!r} does not offer")
+            raise RequirementError(f"{cls.kind} {cls.name!r} needs {'; '.join(missing)}, which model {model.name!r} does not offer")
 
 
 class Probe(Plugin):
@@ -215,7 +239,6 @@ class Probe(Plugin):
 
     def __call__(self, model: ImageClassifier, data: ImageDataset, *, seed: int = 0, **context: Any) -> ProbeResult:
         """Run directly (outside the runner): seeds, checks requirements, times the run."""
-        from robustcheck.seeding import seed_everything
 
         self.check_requirements(model)
         seed_everything(seed)

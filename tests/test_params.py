@@ -41,7 +41,7 @@ def test_resolve_params_unknown_key_suggests():
         resolve_params("probe 'x'", {"steps": 10}, {"stepz": 3})
 
 
-@pytest.mark.parametrize(("given", "fragment"), [({"steps": "ten"}, "must be int"), ({"adaptive": 1}, "must be bool"), ({"epsilons": ["a"]}, "list of numbers")])
+@pytest.mark.parametrize(("given", "fragment"), [({"steps": "ten"}, "must be an integer"), ({"adaptive": 1}, "must be true or false"), ({"epsilons": ["a"]}, "list of numbers")])
 def test_resolve_params_wrong_type(given, fragment):
     with pytest.raises(UsageError, match=fragment):
         resolve_params("probe 'x'", {"steps": 10, "adaptive": True, "epsilons": [0.0]}, given)
