@@ -24,7 +24,7 @@ from robustcheck.data.builtin import digits
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier
-from robustcheck.verifiers.network import from_classifier
+from robustcheck.verifiers.extraction import from_classifier
 from robustcheck.verifiers.vnnlib import Property, robustness_property
 from robustcheck.zoo import digits_mlp
 

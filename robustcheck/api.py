@@ -13,6 +13,7 @@ gradients through it are ``"exact"``, ``"approximate"`` (straight-through / BPDA
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +25,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from robustcheck import registry
 from robustcheck.data.dataset import ImageDataset
+from robustcheck.defaults import DEFAULT_BATCH_SIZE
 from robustcheck.errors import ProbeTimeout, RequirementError, UsageError
+from robustcheck.jsonutil import json_default
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.params import Param, PluginSpec, declared_params, infer_param, resolve
 from robustcheck.seeding import seed_everything
@@ -65,17 +69,12 @@ class Table:
             "title": self.title,
             "note": self.note,
             "columns": [str(c) for c in self.frame.columns],
-            "rows": [[_plain(v) for v in row] for row in cells.values.tolist()],
+            "rows": json.loads(json.dumps(cells.values.tolist(), default=json_default)),  # numpy scalars -> numbers
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Table:
         return cls(str(doc["title"]), pd.DataFrame(doc["rows"], columns=doc["columns"]), str(doc.get("note", "")))
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python numbers (JSON cannot hold numpy types)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def to_png(image: np.ndarray | torch.Tensor) -> bytes:
@@ -139,7 +138,7 @@ class RunContext:
 
     seed: int = 0
     deadline: float | None = None
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     bare_model: ImageClassifier | None = None
     progress: Callable[[int], None] | None = None
 
@@ -307,3 +306,24 @@ class Verifier(Probe):
     """
 
     kind: ClassVar[str] = "verifier"
+
+
+def _registration_check(base: type[Plugin]) -> Callable[[str, Any], None]:
+    """What the registry asks of a ``base`` plugin before it takes it (see :func:`registry.add_check`)."""
+
+    def check(name: str, obj: Any) -> None:
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(f"is {obj!r}, not a {base.__module__}.{base.__name__} subclass")
+        if issubclass(obj, Probe) and not obj.score_doc.strip():
+            raise TypeError("has no score_doc: say what its score measures (1 = robust)")
+        try:
+            obj()
+        except UsageError as exc:
+            raise TypeError(f"has invalid defaults: {exc}") from None
+
+    return check
+
+
+registry.add_check("probe", _registration_check(Probe))
+registry.add_check("defense", _registration_check(Defense))
+registry.add_check("verifier", _registration_check(Verifier))

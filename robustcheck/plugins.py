@@ -1,14 +1,6 @@
-"""Turning names, import paths and files into model adapters, probes and defenses.
+"""Creating probes, defenses and verifiers from their specs (``pgd-linf:steps=20``) through the registry.
 
-Model sources understood by :func:`load_model`:
-
-* registry names: ``digits-cnn`` (group ``robustcheck.models``), with ``:weights=FILE`` if the factory takes it;
-* import paths: ``package.module:factory`` returning an ``nn.Module`` or :class:`ImageClassifier`;
-* TorchScript files (``.pt``, ``.pth``, ``.ts``) and ONNX files (``.onnx``, extra ``[onnx]``);
-* ``torchvision:NAME`` and ``timm:NAME`` when the package and locally cached weights exist.
-
-Adapter options go after the source as ``key=value`` pairs or keyword arguments: ``bounds``,
-``mean``, ``std``, ``labels``, ``input_shape``, ``name``.
+A probe name may also be a verifier's: verifiers run as probes (score = share proved safe).
 """
 
 from __future__ import annotations
@@ -16,37 +8,46 @@ from __future__ import annotations
 from typing import Any
 
 from robustcheck import registry
-from robustcheck.api import Defense, Probe
-from robustcheck.errors import UsageError
-from robustcheck.params import parse_spec
+from robustcheck.api import Defense, Plugin, Probe
+from robustcheck.errors import UnknownPluginError
+from robustcheck.params import PluginSpec
 
 
-def _create(kind: str, base: type, spec: str, params: dict[str, Any]) -> Any:
-    name, spec_params = parse_spec(spec)
-    cls = registry.get(kind, name).obj
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise UsageError(f"{kind} plugin {name!r} is {cls!r}, not a {base.__name__} subclass")
-    return cls(**{**spec_params, **params})
+def probe_spec(spec: str | PluginSpec) -> PluginSpec:
+    """``spec`` as a probe's :class:`PluginSpec` (kind ``"verifier"`` for a name only verifiers carry);
+    an unknown name raises :class:`~robustcheck.errors.UnknownPluginError` with close matches."""
+    parsed = PluginSpec.parse("probe", spec)
+    probes, verifiers = registry.names("probe"), registry.names("verifier")
+    kind = "verifier" if parsed.name not in probes and parsed.name in verifiers else "probe"
+    if parsed.name not in probes and kind == "probe":
+        raise UnknownPluginError("probe", parsed.name, probes + verifiers)
+    return PluginSpec(kind, parsed.name, dict(parsed.params))
 
 
-def _probe_kind(name: str) -> str:
-    """``"probe"``, or ``"verifier"`` for a name only the verifier group knows (verifiers run as probes)."""
-    return "verifier" if name not in registry.names("probe") and name in registry.names("verifier") else "probe"
+def defense_spec(spec: str | PluginSpec) -> PluginSpec:
+    """``spec`` as a defense's :class:`PluginSpec`; an unknown name raises with close matches."""
+    parsed = PluginSpec.parse("defense", spec)
+    registry.get("defense", parsed.name)
+    return parsed
 
 
-def plugin_class(spec: str) -> Any:
-    """The class registered under the probe (or verifier) name of ``spec``, without creating it."""
-    name, _ = parse_spec(spec)
-    return registry.get(_probe_kind(name), name).obj
+def plugin_class(spec: str | PluginSpec) -> type[Plugin]:
+    """The class registered under a probe (or verifier) spec's name, without creating it."""
+    spec = spec if isinstance(spec, PluginSpec) and spec.kind != "probe" else probe_spec(spec)
+    return registry.get(spec.kind, spec.name).obj
 
 
-def create_probe(spec: str, **params: Any) -> Probe:
+def create(spec: PluginSpec, **params: Any) -> Plugin:
+    """An instance of ``spec``'s plugin with its parameters (``params`` override them), checked."""
+    kind = "defense" if spec.kind == "defense" else probe_spec(spec).kind
+    return registry.get(kind, spec.name).obj(**{**spec.params, **params})
+
+
+def create_probe(spec: str | PluginSpec, **params: Any) -> Probe:
     """``create_probe("pgd-linf:steps=20", epsilons=[0, 0.03])``; verifiers are found here too."""
-    name, _ = parse_spec(spec)
-    return _create(_probe_kind(name), Probe, spec, params)
+    return create(probe_spec(spec), **params)  # type: ignore[return-value]
 
 
-def create_defense(spec: str, **params: Any) -> Defense:
+def create_defense(spec: str | PluginSpec, **params: Any) -> Defense:
     """``create_defense("bit-depth:bits=4")``."""
-    return _create("defense", Defense, spec, params)
-
+    return create(defense_spec(spec), **params)  # type: ignore[return-value]

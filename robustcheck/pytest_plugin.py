@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from robustcheck.jsonutil import json_default
+from robustcheck.params import format_spec
+from robustcheck.reports.formatting import format_value
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -416,10 +418,10 @@ class RobustCheck:
         min_score: float | None = None,
     ) -> Check:
         __tracebackhide__ = True
-        from robustcheck.params import parse_spec
-        from robustcheck.run.runner import DEFAULT_SAMPLES, Runner, RunSpec
+        from robustcheck.defaults import DEFAULT_SAMPLES
+        from robustcheck.plugins import probe_spec
+        from robustcheck.run.runner import Runner, RunSpec
 
-        probe_name, inline = parse_spec(probe)
         test = self.current_item.nodeid if self.current_item is not None else "<session>"
         if self._names.test != test:
             self._names = _ObjectNames(test)
@@ -431,8 +433,8 @@ class RobustCheck:
             samples = DEFAULT_SAMPLES
         spec = RunSpec(
             model=model_key,
-            probe=probe_name,
-            params={**inline, **params},
+            probe=probe_spec(probe),
+            params=params,
             data=data_key,
             defense=defense,
             samples=samples,
@@ -497,9 +499,10 @@ class RobustCheck:
 
     def _key(self, test: str, spec: RunSpec) -> str:
         """Baseline key of a run within its test: the probe name, ``#2``, ``#3``... when repeated."""
-        count = self._keys.get((test, spec.probe), 0) + 1
-        self._keys[(test, spec.probe)] = count
-        return spec.probe if count == 1 else f"{spec.probe}#{count}"
+        name = spec.probe.name
+        count = self._keys.get((test, name), 0) + 1
+        self._keys[(test, name)] = count
+        return name if count == 1 else f"{name}#{count}"
 
     def _record_property(self, check: Check) -> None:
         if self.current_item is not None:
@@ -579,9 +582,9 @@ def explain(check: Check, problems: list[str]) -> str:
     threshold = f"min_score {check.min_score:.4f}" if check.min_score is not None else "none"
     score = f"{result.score:.4f}" if result.score is not None else "none"
     lines = [
-        f"robustness check failed: {spec.probe} on {spec.model}: " + "; ".join(problems),
-        f"  probe:      {spec.probe}",
-        f"  params:     {probe_params(spec.params) or '(defaults)'}",
+        f"robustness check failed: {spec.probe.name} on {spec.model}: " + "; ".join(problems),
+        f"  probe:      {spec.probe.name}",
+        f"  params:     {format_spec('', spec.probe.params)[1:] or '(defaults)'}",
         f"  model:      {spec.model}" + (f" + {spec.defense}" if spec.defense else ""),
         f"  data:       {run['data']} ({run['samples']} samples)",
         f"  score:      {score}   threshold: {threshold}",
@@ -597,7 +600,7 @@ def explain(check: Check, problems: list[str]) -> str:
 
 
 def _scalar_metrics(metrics: Mapping[str, Any]) -> str:
-    shown = [f"{k}={_fmt(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+    shown = [f"{k}={format_value(v)}" for k, v in metrics.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
     return " ".join(shown)
 
 
@@ -643,53 +646,21 @@ def worst_samples(records: pd.DataFrame, limit: int = WORST_SAMPLES) -> pd.DataF
 
 
 def _table(frame: pd.DataFrame, columns: list[str], indent: int) -> list[str]:
-    cells = [[str(c) for c in columns]] + [[_fmt(row[c]) for c in columns] for _, row in frame.iterrows()]
+    cells = [[str(c) for c in columns]] + [[format_value(row[c]) for c in columns] for _, row in frame.iterrows()]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return [" " * indent + "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in cells]
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        return f"{float(value):.4g}"
-    return str(value)
 
 
 # --------------------------------------------------------------------------- reproduce commands
 
 
-def probe_params(params: Mapping[str, Any]) -> str:
-    """``{"epsilons": [0, 0.1], "steps": 3}`` -> ``epsilons=[0,0.1],steps=3`` (the CLI's spec syntax)."""
-    return ",".join(f"{k}={_cli_value(v)}" for k, v in params.items())
-
-
-def _cli_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_cli_value(v) for v in value) + "]"
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        return repr(float(value))
-    return str(value)
-
-
 def audit_command(spec: RunSpec, outcome: RunOutcome) -> str:
     """The ``robustcheck audit`` command line that repeats ``spec``."""
-    params = probe_params(spec.params)
     parts = ["robustcheck", "audit", "--model", spec.model]
     if spec.data:
         parts += ["--data", spec.data]
-    parts += ["--probe", f"{spec.probe}:{params}" if params else spec.probe, "--seed", str(spec.seed)]
-    parts += ["--samples", str(outcome.to_json()["samples"]), "--defense", spec.defense or "none"]
+    parts += ["--probe", str(spec.probe), "--seed", str(spec.seed)]
+    parts += ["--samples", str(outcome.to_json()["samples"]), "--defense", str(spec.defense or "none")]
     if spec.budget_s:
         parts += ["--budget", f"{spec.budget_s:g}"]
     return shlex.join(parts)

@@ -1,9 +1,14 @@
-"""Plugin registry: names are the API (``create_model("digits-cnn")``), entry points find plugins.
+"""Plugin registry: names are the API (``load_model("digits-cnn")``), entry points find plugins.
 
-Built-ins and third-party packages register the same way: through the entry-point groups
-``robustcheck.models``, ``robustcheck.data``, ``robustcheck.probes``, ``robustcheck.defenses`` and
-``robustcheck.verifiers``. Loading an entry point imports its module; objects may also be registered
-in-process with the :func:`register` decorator (handy for tests and notebooks).
+Built-ins and third-party packages register the same way, and only that way: through the entry-point
+groups ``robustcheck.models``, ``robustcheck.data``, ``robustcheck.probes``, ``robustcheck.defenses``
+and ``robustcheck.verifiers``. Loading an entry point imports its module. In-process objects (tests,
+notebooks) may be registered with the :func:`register` decorator instead.
+
+Every object is checked when it is registered or loaded, the way pluggy validates hook
+implementations: factories must be callable, and the plugin API (:mod:`robustcheck.api`) adds the
+checks of its kinds with :func:`add_check` (right base class, valid defaults, a documented score), so
+a wrong object fails at once with its name, not later in a run.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, TypeVar
 
 from robustcheck.errors import UnknownPluginError, UsageError
 
+PLUGIN_KINDS = ("probe", "defense", "verifier")
 GROUPS: dict[str, str] = {
     "model": "robustcheck.models",
     "data": "robustcheck.data",
@@ -43,6 +49,30 @@ class Entry:
 
 
 _registry: dict[str, dict[str, Entry]] = {kind: {} for kind in GROUPS}
+_checks: dict[str, list[Callable[[str, Any], None]]] = {kind: [] for kind in GROUPS}
+
+
+def add_check(kind: str, check: Callable[[str, Any], None]) -> None:
+    """Have every ``kind`` object pass ``check(name, obj)`` (raising ``TypeError`` saying what is wrong)."""
+    _check_kind(kind)
+    _checks[kind].append(check)
+
+
+def _validate(kind: str, name: str, obj: Any, origin: str) -> None:
+    if kind in ("model", "data") and not callable(obj):
+        problem = f"is {obj!r}, not a callable factory"
+    else:
+        problem = ""
+        if kind in PLUGIN_KINDS and isinstance(obj, type):
+            obj.name = name  # the registry name is the plugin's name
+        for check in _checks[kind]:
+            try:
+                check(name, obj)
+            except TypeError as exc:
+                problem = str(exc)
+                break
+    if problem:
+        raise UsageError(f"{kind} plugin {name!r} {origin}{problem}")
 
 
 def _check_kind(kind: str) -> None:
@@ -58,9 +88,8 @@ def register(kind: str, name: str | None = None, **meta: Any) -> Callable[[T], T
         key = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
         if not key:
             raise UsageError(f"cannot register {obj!r} as a {kind}: it has no name")
-        if kind in ("probe", "defense", "verifier") and isinstance(obj, type):
-            obj.name = key  # type: ignore[attr-defined]  # the registry name is the plugin's name
-        _registry[kind][key] = Entry(kind, key, obj, meta.pop("source", "builtin"), dict(meta))
+        _validate(kind, key, obj, "")
+        _registry[kind][key] = Entry(kind, key, obj, meta.pop("source", "in-process"), dict(meta))
         return obj
 
     return decorate
@@ -81,13 +110,10 @@ def _load(kind: str, ep: EntryPoint) -> Entry:
     except Exception as exc:  # a broken third-party plugin must not look like our bug
         dist = ep.dist.name if ep.dist else "?"
         raise UsageError(f"{kind} plugin {ep.name!r} from {dist} failed to load ({ep.value}): {exc}") from exc
-    entry = _registry[kind].get(ep.name)
-    if entry is None or entry.obj is not obj:
-        source = ep.dist.name if ep.dist else "entry point"
-        if kind in ("probe", "defense", "verifier") and isinstance(obj, type):
-            obj.name = ep.name
-        entry = Entry(kind, ep.name, obj, source if source != "robustcheck-harness" else "builtin")
-        _registry[kind][ep.name] = entry
+    source = ep.dist.name if ep.dist else "entry point"
+    _validate(kind, ep.name, obj, f"from {source} ({ep.value}) ")
+    entry = Entry(kind, ep.name, obj, source if source != "robustcheck-harness" else "builtin")
+    _registry[kind][ep.name] = entry
     return entry
 
 

@@ -79,6 +79,8 @@ class Accuracy(Probe):
 class Explode(Probe):
     """Raises in the middle of its run."""
 
+    score_doc = "None: it raises."
+
     def run(self, model, data, context):
         model.predict(data.x[:2])
         raise RuntimeError("boom in the middle\\nof a run")
@@ -125,6 +127,8 @@ class NeedsCaptioner(Accuracy):
 @register("probe", "interrupt")
 class Interrupt(Probe):
     """Behaves as if the user pressed Ctrl-C during the run."""
+
+    score_doc = "None: it is interrupted."
 
     def run(self, model, data, context):
         raise KeyboardInterrupt

@@ -341,16 +341,20 @@ def test_gradient_attacks_need_gradients(mlp: ImageClassifier, digits: ImageData
 @pytest.mark.parametrize(
     ("name", "params", "match"),
     [
-        ("fgsm", {"epsilons": [-1]}, "epsilons must be a non-empty list of finite non-negative numbers"),
-        ("pgd-linf", {"epsilons": [0.1, -0.01]}, "non-negative"),
+        (
+            "fgsm",
+            {"epsilons": [-1]},
+            r"probe 'fgsm': parameter 'epsilons' must be a non-empty list of numbers >= 0, got \[-1\]",
+        ),
+        ("pgd-linf", {"epsilons": [0.1, -0.01]}, "numbers >= 0"),
         ("pgd-l2", {"epsilons": []}, "non-empty"),
-        ("pgd-linf", {"epsilons": [0, float("nan")]}, "finite non-negative"),
-        ("pgd-l2", {"epsilons": [float("inf")]}, "finite non-negative"),
+        ("pgd-linf", {"epsilons": [0, float("nan")]}, "'epsilons' must be a non-empty list of numbers"),
+        ("pgd-l2", {"epsilons": [float("inf")]}, "'epsilons' must be a non-empty list of numbers"),
         ("pgd-linf", {"step": 3}, r"has no parameter 'step' \(did you mean 'steps'\?\)"),
         ("deepfool", {"bogus": 1}, "has no parameter 'bogus'"),
-        ("pgd-linf", {"steps": "many"}, "'steps' must be int"),
-        ("fgsm", {"epsilons": ["a"]}, "must be a list of numbers"),
-        ("boundary", {"adaptive": "yes"}, "'adaptive' must be bool"),
+        ("pgd-linf", {"steps": "many"}, "'steps' must be an integer >= 1"),
+        ("fgsm", {"epsilons": ["a"]}, "must be a non-empty list of numbers"),
+        ("boundary", {"adaptive": "yes"}, "'adaptive' must be true or false"),
     ],
 )
 def test_bad_parameters(name: str, params: dict, match: str) -> None:

@@ -165,13 +165,16 @@ def test_realistic_consistency_rises_with_the_window(single_thread: None) -> Non
 @pytest.mark.parametrize(
     ("params", "needle"),
     [
-        ({"window": 4}, "positive odd"),
-        ({"window": 0}, "positive odd"),
-        ({"score": "sharpest"}, "score must be one of"),
-        ({"variant": "spiral"}, "variant must be"),
-        ({"border": "wrap"}, "border must be one of"),
-        ({"sigma": -1.0}, "sigma must lie"),
-        ({"score": "local-energy", "sigma": 0.0}, "sigma > 0"),
+        ({"window": 4}, r"'window' must be an integer >= 1 \(odd\), got 4"),
+        ({"window": 0}, r"'window' must be an integer >= 1 \(odd\)"),
+        ({"score": "sharpest"}, "'score' must be one of"),
+        ({"variant": "spiral"}, "'variant' must be one of realistic, circular"),
+        ({"border": "wrap"}, "'border' must be one of"),
+        ({"sigma": -1.0}, "'sigma' must be a number >= 0 and <= 8"),
+        (
+            {"score": "local-energy", "sigma": 0.0},
+            "^defense 'crop-selection': score 'local-energy' needs sigma > 0",
+        ),
     ],
 )
 def test_bad_params_are_usage_errors(params: dict[str, object], needle: str) -> None:

@@ -408,13 +408,13 @@ def test_probe_is_deterministic_for_a_seed(
 @pytest.mark.parametrize(
     ("params", "needle"),
     [
-        ({"threshold": 0.0}, "threshold must lie strictly between 0 and 1"),
-        ({"threshold": 1.0}, "threshold must lie strictly between 0 and 1"),
+        ({"threshold": 0.0}, "probe 'fooling': parameter 'threshold' must be a number > 0 and < 1, got 0.0"),
+        ({"threshold": 1.0}, "parameter 'threshold' must be a number > 0 and < 1, got 1.0"),
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": -0.2}, "threshold"),
-        ({"population": 0}, "population must be at least 1"),
+        ({"population": 0}, "parameter 'population' must be an integer >= 1, got 0"),
         ({"generations": -1}, "generations"),
-        ({"generator": "evolution"}, "generator must be one of"),
+        ({"generator": "evolution"}, "parameter 'generator' must be one of"),
         ({"time_budget": -1}, "time_budget"),
         ({"time_budget": "soon"}, "time_budget"),
         ({"mutation_rate": 1.5}, "mutation_rate"),

@@ -1,4 +1,4 @@
-"""robustcheck.models.onnx.graph: our ONNX -> torch converter, checked op by op against onnxruntime."""
+"""robustcheck.models.onnx (graph.py, ops.py): our ONNX -> torch converter, checked op by op against onnxruntime."""
 
 from __future__ import annotations
 

@@ -124,7 +124,7 @@ def test_run_returns_result_and_names_objects(pytester: pytest.Pytester) -> None
         second = robustcheck.run(load_model("digits-mlp"), data, "fgsm", epsilons=[0, 0.1])
         assert first.score == second.score and len(first.records) == 8
         assert [o.spec.model for o in robustcheck.outcomes] == ["digits-mlp", "digits-mlp#2"]
-        assert robustcheck.outcomes[0].spec.params == {"epsilons": [0, 0.1]}
+        assert robustcheck.outcomes[0].spec.probe.params == {"epsilons": [0, 0.1]}
     """
     run_inner(pytester, source).assert_outcomes(passed=1)
 

@@ -29,6 +29,8 @@ def test_register_decorator_in_process():
     class Constant(Probe):
         """Always 1."""
 
+        score_doc = "1 always."
+
         def run(self, model, data, context):
             return ProbeResult(1.0)
 

@@ -189,6 +189,8 @@ def test_metrics_that_cannot_be_saved_fail_that_run_only(tmp_path: Path) -> None
     class TensorMetrics(Probe):
         """Returns a torch tensor in its metrics."""
 
+        score_doc = "0.5 always."
+
         def run(self, model: Any, data: Any, context: Any) -> ProbeResult:
             return ProbeResult(0.5, {"mean": torch.tensor(0.5)})
 

@@ -17,7 +17,9 @@ from robustcheck.models.classifier import ImageClassifier
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import crown_bounds, interval_bounds, output_lower
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier, violates
-from robustcheck.verifiers.network import Affine, Network, from_classifier, from_module, spec_error
+from robustcheck.verifiers.extraction import from_classifier, from_module
+from robustcheck.verifiers.network import Affine, Network
+from robustcheck.verifiers.rounding import spec_error
 from robustcheck.verifiers.vnnlib import Property, robustness_property
 from robustcheck.verifiers.z3_safety import Z3Safety
 from robustcheck.zoo import digits_cnn, digits_mlp

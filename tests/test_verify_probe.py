@@ -14,7 +14,7 @@ from robustcheck.api import Table
 from robustcheck.data.builtin import digits
 from robustcheck.errors import InputError, UsageError
 from robustcheck.verifiers.engine import FloatModel, Options, Verifier, verify_properties, violates
-from robustcheck.verifiers.network import from_classifier, from_onnx
+from robustcheck.verifiers.extraction import from_classifier, from_onnx
 from robustcheck.verifiers.regions import linf_box, manipulation_region
 from robustcheck.verifiers.vnnlib import (
     read_result,

@@ -1,0 +1,1 @@
+"""The robustcheck command line: the main parser and commands, and the verify command."""

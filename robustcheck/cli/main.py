@@ -2,6 +2,9 @@
 
 Exit codes: 0 ok, 1 a score under ``--fail-under``, 2 usage or input error (or a probe that
 raised), 3 inconclusive (a run timed out), 130 interrupted (finished runs stay saved: ``--resume``).
+
+Each subcommand imports its machinery (torch, the runner, the verifier) inside its function, so that
+``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from robustcheck import __version__
+from robustcheck.cli import verify as verify_command
+from robustcheck.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BUDGET_S,
+    DEFAULT_MODEL,
+    DEFAULT_OUT,
+    DEFAULT_SAMPLES,
+)
 from robustcheck.errors import EXIT_BELOW_THRESHOLD, EXIT_INCONCLUSIVE, EXIT_OK, EXIT_USAGE, RobustCheckError
-from robustcheck.run.plan import DEFAULT_BUDGET_S, DEFAULT_MODEL, DEFAULT_OUT
 
 EXIT_INTERRUPTED = 130
+KIND_TITLES = {"model": "models", "data": "data sources", "probe": "probes", "defense": "defenses", "verifier": "verifiers"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--data", help="data source (default: each model's own)")
     audit.add_argument("--probe", action="append", help="probe as NAME or NAME:key=value,... (repeatable; default: the default probe set)")
     audit.add_argument("--defense", action="append", help="defense as NAME[:key=value,...] (repeatable; 'none' for bare models only; default: bare plus the default defenses)")
-    audit.add_argument("--samples", type=int, help="samples per run (default 100)")
+    audit.add_argument("--samples", type=int, help=f"samples per run (default {DEFAULT_SAMPLES})")
     audit.add_argument("--seed", type=int, help="seed of every run (default 0)")
     audit.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT})")
     audit.add_argument("--config", help="audit configuration file (TOML); command-line options override it")
     audit.add_argument("--fail-under", type=float, help="exit 1 if any score is below this threshold")
     audit.add_argument("--budget", type=float, help=f"time budget per run in seconds (default {DEFAULT_BUDGET_S:g}; 0: none)")
-    audit.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
+    audit.add_argument("--batch-size", type=int, help=f"samples per batch (default {DEFAULT_BATCH_SIZE})")
     audit.add_argument("--results-db", help="results database the runs are appended to, for leaderboards (default OUT/results.db)")
     audit.add_argument("--executor", choices=["local", "ray"], help="where runs execute: in this process (default) or as Ray tasks (extra [ray])")
     audit.add_argument("--shards", type=int, help="split each run of a shardable probe into N sample shards (run in parallel by --executor ray)")
@@ -58,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default="leaderboard.html", help="output file (default leaderboard.html)")
     board.add_argument("--markdown", action="store_true", help="write Markdown instead of HTML")
     board.add_argument("--all", action="store_true", help="average every run of a cell instead of taking the latest")
-
-    from robustcheck.cli import verify as verify_command
 
     verify = sub.add_parser("verify", help="prove or refute local robustness / VNN-LIB properties (z3-safety)")
     verify_command.add_arguments(verify)
@@ -86,8 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "zoo":
             return cmd_zoo(args, parser)
         if command == "verify":
-            from robustcheck.cli import verify as verify_command
-
             return verify_command.run(args)
         return cmd_audit(args)
     except RobustCheckError as exc:
@@ -109,11 +116,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     console = Console()
     for kind in [args.kind] if args.kind else list(registry.GROUPS):
-        table = Table(title=f"{kind}s", title_justify="left", show_edge=False)
+        table = Table(title=KIND_TITLES[kind], title_justify="left", show_edge=False, show_lines=kind in registry.PLUGIN_KINDS)
         for column in ("name", "source", "description"):
             table.add_column(column)
         for entry in registry.entries(kind):
-            table.add_row(escape(entry.name), escape(entry.source), escape(entry.summary))
+            description = entry.summary
+            for param in getattr(entry.obj, "parameters", {}).values():  # from each parameter's declaration
+                description += f"\n  {param.name}: {param.describe()}"
+            table.add_row(escape(entry.name), escape(entry.source), escape(description))
         console.print(table)
     return EXIT_OK
 
@@ -201,7 +211,7 @@ def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
         print(f"robustcheck: error: {_one_line(f'{o.spec.label}: {o.result.message}')}", file=sys.stderr)
     if errors:
         return EXIT_USAGE
-    if any(o.result.score is not None and o.result.score < plan.threshold(o.spec.probe) for o in outcomes):
+    if any(o.result.score is not None and o.result.score < plan.threshold(o.spec.probe.name) for o in outcomes):
         return EXIT_BELOW_THRESHOLD
     if any(o.result.status == "timeout" for o in outcomes):
         return EXIT_INCONCLUSIVE
@@ -213,17 +223,19 @@ def _print_summary(outcomes: Sequence[Any], plan: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from robustcheck.reports.formatting import DASH, format_score
+
     table = Table(title="robustcheck audit", title_justify="left")
     for column in ("model", "defense", "probe", "clean acc", "score", "status", "seconds"):
         table.add_column(column)
     for o in outcomes:
         r = o.result
         clean = r.metrics.get("clean_accuracy")
-        score = "—" if r.score is None else f"{r.score:.3f}"
-        if r.score is not None and r.score < plan.threshold(o.spec.probe):
+        score = format_score(r.score)
+        if r.score is not None and r.score < plan.threshold(o.spec.probe.name):
             score = f"[red]{score}[/red]"
         table.add_row(
-            escape(o.spec.model), escape(o.spec.defense or "—"), escape(o.spec.probe), "—" if clean is None else f"{clean:.3f}", score,
+            escape(o.spec.model), escape(str(o.spec.defense or DASH)), escape(o.spec.probe.name), format_score(clean), score,
             r.status + (" (saved)" if o.resumed else ""), f"{r.seconds:.1f}",
         )  # fmt: skip
     console = Console()

@@ -75,13 +75,13 @@ def _run_vnnlib(args: argparse.Namespace) -> int:
     from robustcheck.verifiers.vnnlib import read_vnnlib, write_result
 
     if args.onnx:
-        from robustcheck.verifiers.network import from_onnx
+        from robustcheck.verifiers.extraction import from_onnx
 
         net, module, full_shape = from_onnx(args.onnx)
         model = FloatModel.from_module(module.eval(), full_shape)
     else:
         from robustcheck.models.loading import load_model
-        from robustcheck.verifiers.network import from_classifier
+        from robustcheck.verifiers.extraction import from_classifier
 
         classifier = load_model(args.model)
         net, model = from_classifier(classifier), FloatModel.from_classifier(classifier)

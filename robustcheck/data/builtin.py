@@ -1,8 +1,9 @@
-"""Labelled image data: one validated container and the built-in data sources.
+"""The built-in digit data sources, from scikit-learn's bundled 1,797 handwritten digits: :func:`digits`
+(grey ``1 x 8 x 8``) and :func:`digits_rgb32` (upsampled to ``3 x 32 x 32``, seeded colours per image).
 
-Images are float32 tensors ``(N, C, H, W)`` in ``[0, 1]``; labels are int64 ``(N,)``.
-Sources are looked up by name in the ``robustcheck.data`` registry group, or read from a path
-(``.npz``, image folder, MNIST idx, CIFAR-10 batches: see :mod:`robustcheck.data.loading`).
+Both use one fixed stratified ``train`` / ``test`` split (``all``: every image). They are registered as
+``digits`` and ``digits-rgb32`` in the ``robustcheck.data`` registry group, which
+:func:`~robustcheck.data.loading.load_data` resolves (``digits-rgb32:split=train``).
 """
 
 from __future__ import annotations

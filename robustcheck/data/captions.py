@@ -1,23 +1,12 @@
-"""Image captioners: the :class:`ImageCaptioner` adapter, vocabularies, caption data and BLEU.
+"""Caption data: :class:`CaptionDataset` (images with one reference caption each) and the built-in
+``digits-scenes`` source that renders captioned scenes of handwritten digits.
 
-A captioner is an encoder CNN whose hidden features feed a recurrent decoder. Any user captioner
-plugs in by handing its two halves to :class:`ImageCaptioner`:
+Caption data is an :class:`~robustcheck.data.dataset.ImageDataset` whose integer labels ``y`` index its
+``captions`` list, so every part of the harness that moves labelled images around (heads, runners, stores)
+moves caption data too. Captioners themselves live in :mod:`robustcheck.models.captioner`.
 
-* ``encoder``: ``nn.Module`` mapping images ``(B, C, H, W)`` (within ``bounds``, after the optional
-  mean/std normalisation) to features ``(B, D)`` -- the hidden layer the decoder reads, and the
-  layer caption attacks steer;
-* ``decoder``: ``nn.Module`` whose ``forward(features (B, D), tokens (B, T) int64) -> logits (B, T, V)``
-  is teacher forced: ``tokens`` start with ``<start>``, and ``logits[:, t]`` scores token ``t + 1``.
-  It may also offer ``greedy(features, max_length, start, end) -> tokens (B, L)`` for a fast greedy
-  decode; without it the adapter decodes greedily by re-running ``forward`` on the growing prefix.
-
-Caption data (:class:`CaptionDataset`) is an :class:`~robustcheck.data.dataset.ImageDataset` whose integer
-labels ``y`` index its ``captions`` list, so every part of the harness that moves labelled images
-around (heads, runners, stores) moves caption data too.
-
-The built-in ``digits-scenes`` source renders 2 to 4 real handwritten digits of scikit-learn's
-bundled set on a ``1 x 16 x 48`` canvas, captioned left to right ("seven two nine"); see
-:func:`render_scenes` for the scene design.
+``digits-scenes`` renders 2 to 4 real handwritten digits of scikit-learn's bundled set on a ``1 x 16 x 48``
+canvas, captioned left to right ("seven two nine"); see :func:`render_scenes` for the scene design.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Labelled image data: one validated container and the built-in data sources.
+"""The labelled image container every probe and runner takes: :class:`ImageDataset`, the checks behind it
+(:func:`validate_arrays`) and :func:`hwc_uint8_to_tensor`.
 
-Images are float32 tensors ``(N, C, H, W)`` in ``[0, 1]``; labels are int64 ``(N,)``.
-Sources are looked up by name in the ``robustcheck.data`` registry group, or read from a path
-(``.npz``, image folder, MNIST idx, CIFAR-10 batches: see :mod:`robustcheck.data.loading`).
+Images are float32 tensors ``(N, C, H, W)`` inside ``bounds`` (``[0, 1]`` by default); labels are int64 ``(N,)``.
+A failed check is an :class:`~robustcheck.errors.InputError` naming the data set and the problem.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Resolving data specs: registry names, paths (``.npz``, image folders, MNIST idx, CIFAR-10 python
-batches) and ``torchvision:NAME`` data sets already on disk; the readers live in :mod:`robustcheck.data.formats`.
+"""Resolving data specs into an :class:`~robustcheck.data.dataset.ImageDataset`: :func:`load_data` (registry
+names, paths, ``torchvision:NAME``) and :func:`load_path`, which recognises a file or folder's format and
+hands it to its reader in :mod:`robustcheck.data.formats`.
 
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+Every failure is an :class:`~robustcheck.errors.InputError` (bad file) or
+:class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the file and the
+problem; errors from numpy, gzip, pickle or PIL never escape raw.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from robustcheck.data.formats.cifar import (
     CIFAR_TRAIN_FILES,
     load_cifar_batches,
 )
-from robustcheck.data.formats.common import _check_layout, _check_limit, _check_size, _check_split, _reason
+from robustcheck.data.formats.common import check_layout, check_limit, check_size, check_split, reason
 from robustcheck.data.formats.folders import (
-    _class_dirs,
-    _image_files,
+    class_dirs,
+    image_files,
     load_image_folder,
     load_labelled_photos,
 )
-from robustcheck.data.formats.idx import IDX_IMAGES_NAME, _idx_pair_for_file, _idx_pair_in_folder, load_idx
+from robustcheck.data.formats.idx import IDX_IMAGES_NAME, idx_pair_for_file, idx_pair_in_folder, load_idx
 from robustcheck.data.formats.npz import load_npz
 from robustcheck.data.formats.torchvision import torchvision_dataset
 from robustcheck.errors import InputError, UnknownPluginError, UsageError
@@ -81,21 +81,21 @@ def load_path(path: Path | str, **params: Any) -> ImageDataset:
         return _load_file(path, params)
     except OSError as exc:
         # Safety net for I/O failures outside the format-specific wrappers (permissions, races).
-        raise InputError(f"{path}: cannot read ({_reason(exc)})") from exc
+        raise InputError(f"{path}: cannot read ({reason(exc)})") from exc
 
 
 def _load_file(path: Path, params: dict[str, Any]) -> ImageDataset:
     name = path.name
     if path.suffix.lower() == ".npz":
         p = resolve_params(f"npz data {path}", {"limit": None, "layout": None}, params)
-        return load_npz(path, limit=_check_limit(p["limit"]), layout=_check_layout(p["layout"]))
+        return load_npz(path, limit=check_limit(p["limit"]), layout=check_layout(p["layout"]))
     if "idx3-ubyte" in name or "idx1-ubyte" in name:
         p = resolve_params(f"MNIST idx data {path}", {"limit": None}, params)
-        images, labels = _idx_pair_for_file(path)
-        return load_idx(images, labels, limit=_check_limit(p["limit"]), name=str(path))
+        images, labels = idx_pair_for_file(path)
+        return load_idx(images, labels, limit=check_limit(p["limit"]), name=str(path))
     if CIFAR_BATCH_NAME.match(name):
         p = resolve_params(f"CIFAR-10 batch {path}", {"limit": None}, params)
-        return load_cifar_batches([path], path.parent / CIFAR_META, limit=_check_limit(p["limit"]), name=str(path))
+        return load_cifar_batches([path], path.parent / CIFAR_META, limit=check_limit(p["limit"]), name=str(path))
     raise InputError(
         f"{path}: unsupported data file; expected a .npz archive, an MNIST idx file (*-idx3-ubyte[.gz]), "
         "a CIFAR-10 batch, or a folder"
@@ -105,7 +105,7 @@ def _load_file(path: Path, params: dict[str, Any]) -> ImageDataset:
 def _load_folder(folder: Path, params: dict[str, Any]) -> ImageDataset:
     if (folder / "labels.csv").is_file():
         p = resolve_params(f"labelled photos {folder}", {"size": 256, "limit": None}, params)
-        return load_labelled_photos(folder, size=int(p["size"]), limit=_check_limit(p["limit"]))
+        return load_labelled_photos(folder, size=int(p["size"]), limit=check_limit(p["limit"]))
     # Descend into the folder that the CIFAR-10 tarball and torchvision's MNIST layout create.
     for inner in ("cifar-10-batches-py", "raw"):
         if (folder / inner).is_dir() and _folder_kind(folder / inner) in ("cifar", "idx"):
@@ -126,9 +126,9 @@ def _folder_kind(folder: Path) -> str | None:
         return "cifar"
     if any(IDX_IMAGES_NAME.match(n) for n in names):
         return "idx"
-    if any(_image_files(sub) for sub in _class_dirs(folder)):
+    if any(image_files(sub) for sub in class_dirs(folder)):
         return "images"
-    if _image_files(folder):
+    if image_files(folder):
         raise InputError(f"{folder}: images lie directly in the folder; expected one subfolder of images per class")
     return None
 
@@ -136,13 +136,13 @@ def _folder_kind(folder: Path) -> str | None:
 def _load_known_folder(folder: Path, kind: str, params: dict[str, Any], name: str) -> ImageDataset:
     if kind == "cifar":
         p = resolve_params(f"CIFAR-10 data {name}", {"limit": None, "split": "test"}, params)
-        split = _check_split(p["split"])
+        split = check_split(p["split"])
         files = [folder / f for f in (CIFAR_TEST_FILES if split == "test" else CIFAR_TRAIN_FILES)]
-        return load_cifar_batches(files, folder / CIFAR_META, limit=_check_limit(p["limit"]), name=name)
+        return load_cifar_batches(files, folder / CIFAR_META, limit=check_limit(p["limit"]), name=name)
     if kind == "idx":
         p = resolve_params(f"MNIST idx data {name}", {"limit": None, "split": "test"}, params)
-        images, labels = _idx_pair_in_folder(folder, _check_split(p["split"]))
-        return load_idx(images, labels, limit=_check_limit(p["limit"]), name=name)
+        images, labels = idx_pair_in_folder(folder, check_split(p["split"]))
+        return load_idx(images, labels, limit=check_limit(p["limit"]), name=name)
     p = resolve_params(f"image folder {name}", {"limit": None, "size": None}, params)
-    return load_image_folder(folder, size=_check_size(p["size"]), limit=_check_limit(p["limit"]), name=name)
+    return load_image_folder(folder, size=check_size(p["size"]), limit=check_limit(p["limit"]), name=name)
 

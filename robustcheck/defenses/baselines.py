@@ -7,15 +7,17 @@ makes them useful reference points in an audit.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from kornia.enhance import jpeg_codec_differentiable
-from kornia.filters import median_blur
+from kornia.filters import MedianBlur
 from torch import nn
 
 from robustcheck.api import Defense
-from robustcheck.errors import InputError, UsageError
+from robustcheck.errors import InputError
 from robustcheck.models.classifier import ImageClassifier
-from robustcheck.registry import register
+from robustcheck.params import Param
 
 
 def quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -41,49 +43,26 @@ class Quantize(nn.Module):
         return low + quantize((x - low) / (high - low), self.bits) * (high - low)
 
 
-class MedianBlur(nn.Module):
-    """kornia's median filter over a ``size`` x ``size`` window, per channel."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return median_blur(x, (self.size, self.size))
-
-
-@register("defense", "bit-depth")
 class BitDepthReduction(Defense):
     """Bit-depth reduction (feature squeezing) to ``bits`` bits per channel; straight-through gradients."""
 
-    defaults = {"bits": 4}
+    bits = Param(4, "bits per channel (2**bits levels over the model's input range)", ge=1, le=16)
     gradients = "approximate"
     in_default_audit = True
 
-    def validate(self) -> None:
-        bits = self.params["bits"]
-        if not 1 <= bits <= 16:
-            raise UsageError(f"defense 'bit-depth': bits must be in 1..16, got {bits}")
-
     def transform(self, model: ImageClassifier) -> nn.Module:
-        return Quantize(self.params["bits"], model.bounds)  # 2**bits levels over the model's range
+        return Quantize(self.bits, model.bounds)  # 2**bits levels over the model's range
 
 
-@register("defense", "median-filter")
 class MedianFilter(Defense):
     """Median filter (feature squeezing) over a ``size`` x ``size`` window; exact (sub)gradients."""
 
-    defaults = {"size": 3}
+    size = Param(3, "side of the square window in pixels", ge=1, check=lambda v: v % 2 == 1, check_doc="odd")
     gradients = "exact"
     in_default_audit = True
 
-    def validate(self) -> None:
-        size = self.params["size"]
-        if size < 1 or size % 2 == 0:
-            raise UsageError(f"defense 'median-filter': size must be a positive odd number, got {size}")
-
     def transform(self, model: ImageClassifier) -> nn.Module:
-        return MedianBlur(self.params["size"])
+        return MedianBlur((self.size, self.size))  # kornia's median filter, per channel
 
 
 class JPEGCodec(nn.Module):
@@ -122,7 +101,6 @@ class JPEGCodec(nn.Module):
         return low + coded * (high - low)
 
 
-@register("defense", "jpeg")
 class JPEG(Defense):
     """JPEG compression at ``quality`` (1-100) through kornia's differentiable codec.
 
@@ -132,16 +110,17 @@ class JPEG(Defense):
     ``backward="identity"`` offers the straight-through (BPDA) gradient instead ("approximate").
     """
 
-    defaults = {"quality": 75, "backward": "codec"}
+    quality = Param(75, "JPEG quality", ge=1, le=100)
+    backward = Param(
+        "codec",
+        "backward pass: the codec's gradient (exact) or the identity (straight-through / BPDA)",
+        choices=("codec", "identity"),
+    )
     gradients = "exact"
 
-    def validate(self) -> None:
-        quality, backward = self.params["quality"], self.params["backward"]
-        if not 1 <= quality <= 100:
-            raise UsageError(f"defense 'jpeg': quality must be in 1..100, got {quality}")
-        if backward not in ("codec", "identity"):
-            raise UsageError(f"defense 'jpeg': backward must be 'codec' or 'identity' (BPDA), got {backward!r}")
-        self.gradients = "exact" if backward == "codec" else "approximate"  # per instance: it depends on a param
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.gradients = "exact" if self.backward == "codec" else "approximate"  # per instance
 
     def transform(self, model: ImageClassifier) -> nn.Module:
-        return JPEGCodec(self.params["quality"], model.bounds, straight_through=self.params["backward"] == "identity")
+        return JPEGCodec(self.quality, model.bounds, straight_through=self.backward == "identity")

@@ -11,7 +11,6 @@ enters) the candidate window.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from robustcheck.ops.shifts import (
     score_support,
     spare_margin,
 )
-from robustcheck.registry import register
+from robustcheck.params import Param
 
 VARIANTS = ("realistic", "circular")
 #: output positions compared at a time when breaking ties (memory: tied candidates x chunk)
@@ -95,16 +94,26 @@ def select_crops(
     return tops[choice], lefts[choice]
 
 
+#: the largest Gaussian scale of a score, in pixels
+MAX_SIGMA = 8.0
+
+
+def check_score_scale(score: str, sigma: float) -> None:
+    """Raise :class:`UsageError` (naming no plugin) if ``score`` cannot use the scale ``sigma``."""
+    if score == "local-energy" and sigma == 0.0:
+        raise UsageError(f"score {score!r} needs sigma > 0 (at sigma 0 the local contrast is 0 everywhere)")
+
+
 def check_score(owner: str, score: str, sigma: float) -> None:
     """Raise :class:`UsageError` for an unknown score name or a scale it cannot use."""
     if score not in SCORES:
         raise UsageError(f"{owner}: score must be one of {', '.join(SCORES)}, got {score!r}")
-    if not 0.0 <= sigma <= 8.0:
-        raise UsageError(f"{owner}: sigma must lie in [0, 8] pixels, got {sigma}")
-    if score == "local-energy" and sigma == 0.0:
-        raise UsageError(
-            f"{owner}: score {score!r} needs sigma > 0 (at sigma 0 the local contrast is 0 everywhere)"
-        )
+    if not 0.0 <= sigma <= MAX_SIGMA:
+        raise UsageError(f"{owner}: sigma must lie in [0, {MAX_SIGMA:g}] pixels, got {sigma}")
+    try:
+        check_score_scale(score, sigma)
+    except UsageError as exc:
+        raise UsageError(f"{owner}: {exc}") from None
 
 
 class CropSelect(nn.Module):
@@ -178,7 +187,6 @@ class CropSelect(nn.Module):
         return crop_at(x, tops, lefts, (height, width))
 
 
-@register("defense", "crop-selection")
 class CropSelection(Defense):
     """Robust Inference by Crop Selection: classify the crop chosen by a content score, not the centre crop.
 
@@ -238,37 +246,29 @@ class CropSelection(Defense):
     jumps where the choice changes, which no gradient shows (selection is computed without gradients).
     """
 
-    defaults: ClassVar[dict[str, object]] = {
-        "window": 5,
-        "score": "hashed-intensity",
-        "sigma": 1.0,
-        "variant": "realistic",
-        "border": "reflect",
-    }
+    #: set here, not only by the registry: the translation probe builds this defense directly
+    name = "crop-selection"
+    window = Param(
+        5,
+        "K: the realistic variant chooses among K x K crop positions around the centre",
+        ge=1,
+        check=lambda k: k % 2 == 1,
+        check_doc="odd",
+    )
+    score = Param("hashed-intensity", "content score read at each candidate's centre", choices=tuple(SCORES))
+    sigma = Param(1.0, "Gaussian scale of the score in pixels", ge=0, le=MAX_SIGMA)
+    variant = Param("realistic", "choose a crop inside a larger view, or roll the image", choices=VARIANTS)
+    border = Param("reflect", "how the realistic variant extends a model-sized input", choices=BORDERS)
     gradients = "approximate"
 
     def validate(self) -> None:
-        p = self.params
-        if p["window"] < 1 or p["window"] % 2 == 0:
-            raise UsageError(
-                f"defense 'crop-selection': window must be a positive odd number (K x K offsets), got {p['window']}"
-            )
-        check_score(f"defense {self.name!r}", p["score"], p["sigma"])
-        if p["variant"] not in VARIANTS:
-            raise UsageError(
-                f"defense 'crop-selection': variant must be 'realistic' or 'circular', got {p['variant']!r}"
-            )
-        if p["border"] not in BORDERS:
-            raise UsageError(
-                f"defense 'crop-selection': border must be one of {', '.join(BORDERS)}, got {p['border']!r}"
-            )
+        check_score_scale(self.score, self.sigma)
 
     @property
     def context_margin(self) -> int:
         """Pixels of extra context per side the defense uses when the input offers them (realistic variant)."""
-        return (self.params["window"] - 1) // 2 if self.params["variant"] == "realistic" else 0
+        return (self.window - 1) // 2 if self.variant == "realistic" else 0
 
     def transform(self, model: ImageClassifier) -> nn.Module:
-        p = self.params
         size = model.input_shape[1:] if model.input_shape is not None else None
-        return CropSelect(size, p["window"], p["score"], p["sigma"], p["variant"], p["border"])
+        return CropSelect(size, self.window, self.score, self.sigma, self.variant, self.border)

@@ -31,7 +31,8 @@ from robustcheck.api import Defense
 from robustcheck.errors import InputError, UsageError
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.ops import camera
-from robustcheck.registry import register
+from robustcheck.params import Param
+from robustcheck.zoo.raw_isp import load_learned_camera
 
 MODES = ("classic", "learned")
 #: beyond this shot-noise factor the RAW image is mostly noise (PSNR ~ 17 dB at 0.01)
@@ -136,8 +137,6 @@ class LearnedPipeline(CameraPipeline):
         bounds: tuple[float, float] = (0.0, 1.0),
         weights: str | None = None,
     ) -> None:
-        from robustcheck.zoo.raw_isp import load_learned_camera
-
         super().__init__(noise, seed, "2x2", bounds)
         self.networks = load_learned_camera(weights)
 
@@ -148,7 +147,6 @@ class LearnedPipeline(CameraPipeline):
         return self.networks.g(raw)
 
 
-@register("defense", "raw-isp")
 class RawISP(Defense):
     """RGB -> Bayer RAW -> RGB through a camera pipeline (Zhang et al. 2022), classic or learned; exact gradients.
 
@@ -157,32 +155,26 @@ class RawISP(Defense):
     a weights file; empty = the shipped ``raw-isp-learned.pt``).
     """
 
-    defaults = {"mode": "learned", "noise": 0.0, "seed": 0, "demosaic": "2x2", "weights": ""}
+    mode = Param("learned", "camera pipeline: Brooks et al.'s classic ISP or the learned CNNs", choices=MODES)
+    noise = Param(0.0, "shot-noise factor of the sensor model (0 = off, deterministic)", ge=0, le=MAX_NOISE)
+    seed = Param(0, "seed of the sensor-noise draws", ge=0)
+    demosaic = Param(
+        "2x2",
+        "classic mode: one RGGB quad per pixel, or bilinear demosaicing at the image resolution",
+        choices=camera.DEMOSAIC_METHODS,
+    )
+    weights = Param("", "learned mode: a weights file (empty: the shipped raw-isp-learned.pt)")
     gradients = "exact"
 
     def validate(self) -> None:
-        p = self.params
-        if p["mode"] not in MODES:
-            raise UsageError(f"defense 'raw-isp': mode must be one of {', '.join(MODES)}, got {p['mode']!r}")
-        if not 0.0 <= p["noise"] <= MAX_NOISE:
-            raise UsageError(
-                f"defense 'raw-isp': noise (shot-noise factor) must be in [0, {MAX_NOISE}], got {p['noise']}"
-            )
-        if p["demosaic"] not in camera.DEMOSAIC_METHODS:
-            raise UsageError(
-                f"defense 'raw-isp': demosaic must be one of {', '.join(camera.DEMOSAIC_METHODS)}, got {p['demosaic']!r}"
-            )
-        if p["mode"] == "learned" and p["demosaic"] != "2x2":
-            raise UsageError(
-                "defense 'raw-isp': demosaic='bilinear' applies to mode='classic' only (G renders the RAW)"
-            )
-        if p["mode"] == "classic" and p["weights"]:
-            raise UsageError("defense 'raw-isp': weights apply to mode='learned' only")
+        if self.mode == "learned" and self.demosaic != "2x2":
+            raise UsageError("demosaic='bilinear' applies to mode='classic' only (G renders the RAW)")
+        if self.mode == "classic" and self.weights:
+            raise UsageError("weights apply to mode='learned' only")
 
     def transform(self, model: ImageClassifier) -> nn.Module:
-        p = self.params
         if model.input_shape is not None and len(model.input_shape) == 3:  # fail before any run
-            check_shape(model.input_shape, p["demosaic"], what=f"model {model.name!r}'s input")
-        if p["mode"] == "learned":
-            return LearnedPipeline(p["noise"], p["seed"], model.bounds, p["weights"] or None)
-        return ClassicPipeline(p["noise"], p["seed"], p["demosaic"], model.bounds)
+            check_shape(model.input_shape, self.demosaic, what=f"model {model.name!r}'s input")
+        if self.mode == "learned":
+            return LearnedPipeline(self.noise, self.seed, model.bounds, self.weights or None)
+        return ClassicPipeline(self.noise, self.seed, self.demosaic, model.bounds)

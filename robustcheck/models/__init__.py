@@ -1,0 +1,1 @@
+"""Model adapters (classifiers, captioners), loading models from names, files, import paths; ONNX import."""

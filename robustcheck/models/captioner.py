@@ -1,4 +1,5 @@
-"""Image captioners: the :class:`ImageCaptioner` adapter, vocabularies, caption data and BLEU.
+"""The captioner adapter: :class:`ImageCaptioner` and its :class:`Vocabulary` (``DIGITS_VOCABULARY`` for the
+digit words).
 
 A captioner is an encoder CNN whose hidden features feed a recurrent decoder. Any user captioner
 plugs in by handing its two halves to :class:`ImageCaptioner`:
@@ -11,13 +12,7 @@ plugs in by handing its two halves to :class:`ImageCaptioner`:
   It may also offer ``greedy(features, max_length, start, end) -> tokens (B, L)`` for a fast greedy
   decode; without it the adapter decodes greedily by re-running ``forward`` on the growing prefix.
 
-Caption data (:class:`CaptionDataset`) is an :class:`~robustcheck.data.dataset.ImageDataset` whose integer
-labels ``y`` index its ``captions`` list, so every part of the harness that moves labelled images
-around (heads, runners, stores) moves caption data too.
-
-The built-in ``digits-scenes`` source renders 2 to 4 real handwritten digits of scikit-learn's
-bundled set on a ``1 x 16 x 48`` canvas, captioned left to right ("seven two nine"); see
-:func:`render_scenes` for the scene design.
+Caption data lives in :mod:`robustcheck.data.captions`, BLEU in :mod:`robustcheck.ops.bleu`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Turning names, import paths and files into model adapters, probes and defenses.
+"""Turning model sources into :class:`~robustcheck.models.classifier.ImageClassifier` adapters
+(:func:`load_model`), and reading weights files (:func:`load_state_dict`).
 
 Model sources understood by :func:`load_model`:
 
@@ -8,7 +9,7 @@ Model sources understood by :func:`load_model`:
 * ``torchvision:NAME`` and ``timm:NAME`` when the package and locally cached weights exist.
 
 Adapter options go after the source as ``key=value`` pairs or keyword arguments: ``bounds``,
-``mean``, ``std``, ``labels``, ``input_shape``, ``name``.
+``mean``, ``std``, ``labels``, ``input_shape``, ``name``, ``default_data``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,7 @@
-"""Image captioners: the :class:`ImageCaptioner` adapter, vocabularies, caption data and BLEU.
+"""BLEU scores of captions against reference captions: :func:`sentence_bleu` and :func:`corpus_bleu`.
 
-A captioner is an encoder CNN whose hidden features feed a recurrent decoder. Any user captioner
-plugs in by handing its two halves to :class:`ImageCaptioner`:
-
-* ``encoder``: ``nn.Module`` mapping images ``(B, C, H, W)`` (within ``bounds``, after the optional
-  mean/std normalisation) to features ``(B, D)`` -- the hidden layer the decoder reads, and the
-  layer caption attacks steer;
-* ``decoder``: ``nn.Module`` whose ``forward(features (B, D), tokens (B, T) int64) -> logits (B, T, V)``
-  is teacher forced: ``tokens`` start with ``<start>``, and ``logits[:, t]`` scores token ``t + 1``.
-  It may also offer ``greedy(features, max_length, start, end) -> tokens (B, L)`` for a fast greedy
-  decode; without it the adapter decodes greedily by re-running ``forward`` on the growing prefix.
-
-Caption data (:class:`CaptionDataset`) is an :class:`~robustcheck.data.dataset.ImageDataset` whose integer
-labels ``y`` index its ``captions`` list, so every part of the harness that moves labelled images
-around (heads, runners, stores) moves caption data too.
-
-The built-in ``digits-scenes`` source renders 2 to 4 real handwritten digits of scikit-learn's
-bundled set on a ``1 x 16 x 48`` canvas, captioned left to right ("seven two nine"); see
-:func:`render_scenes` for the scene design.
+Words are split on whitespace; BLEU-1 to BLEU-4, with add-one smoothing of the n >= 2 precisions (nltk's
+``method2``) and the brevity penalty of Papineni et al. (2002).
 """
 
 from __future__ import annotations
@@ -29,7 +13,6 @@ from collections.abc import Sequence
 from robustcheck.errors import UsageError
 
 
-# -- BLEU ---------------------------------------------------------------------------------------
 def _ngrams(words: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
     return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 

@@ -1,0 +1,1 @@
+"""Probes that measure robustness: foolbox attacks, fooling images, translation, caption attacks."""

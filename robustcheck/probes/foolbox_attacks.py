@@ -20,7 +20,6 @@ Metrics: ``clean_accuracy``; ``robust_accuracy`` (epsilon as a string -> accurac
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -32,18 +31,19 @@ from torch import nn
 
 from robustcheck.api import Artifact, Probe, ProbeResult, RunContext
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.errors import InputError, ProbeTimeout, UsageError
+from robustcheck.errors import InputError, ProbeTimeout
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.ops.metrics import epsilon_key, normalized_auc, robust_accuracy_curve
+from robustcheck.params import Param
 from robustcheck.probes._foolbox import import_foolbox
-from robustcheck.registry import register
 
 LINF_EPSILONS = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
 L2_EPSILONS = [0.0, 0.25, 0.5, 1.0, 2.0]
 
 
 class FoolboxAttack(Probe):
-    """Base class: subclasses set ``norm``, ``defaults`` and :meth:`make_attack`."""
+    """Base class: subclasses set ``norm``, re-declare ``epsilons`` (their default grid), declare their
+    own parameters and implement :meth:`make_attack`."""
 
     norm: ClassVar[str] = "linf"
     requires = frozenset({"gradients"})
@@ -51,28 +51,21 @@ class FoolboxAttack(Probe):
         "Normalised area under the robust-accuracy-vs-epsilon curve (1 = every sample stays correctly "
         "classified at every epsilon; 0 = none does)."
     )
-    common_defaults: ClassVar[dict[str, Any]] = {"adaptive": True, "examples": 4, "eot": 1}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.defaults = {**FoolboxAttack.common_defaults, **cls.defaults}
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        eps = self.params["epsilons"]
-        if not eps or not all(0 <= e < math.inf for e in eps):  # also rejects NaN and inf
-            raise UsageError(f"probe {self.name!r}: epsilons must be a non-empty list of finite non-negative numbers, got {eps}")
-        self.params["epsilons"] = sorted(float(e) for e in eps)
-        if self.params["eot"] < 1:
-            raise UsageError(f"probe {self.name!r}: eot must be a positive number of draws, got {self.params['eot']}")
+    adaptive = Param(True, "with a defense: attack it end to end (false: craft on the bare model)")
+    examples = Param(4, "fooled samples shown as clean / adversarial images in the report", ge=0)
+    eot = Param(1, "forward passes averaged per attack step (expectation over transformation)", ge=1)
+    epsilons = Param(
+        LINF_EPSILONS, "perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True
+    )
 
     def make_attack(self, fb: Any) -> Any:
         raise NotImplementedError
 
     # -- running -------------------------------------------------------------------------------
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
-        epsilons: list[float] = self.params["epsilons"]
-        surrogate = context.bare_model if context.bare_model is not None and not self.params["adaptive"] else model
+        epsilons: list[float] = self.epsilons
+        surrogate = context.bare_model if context.bare_model is not None and not self.adaptive else model
         rows: list[dict[str, Any]] = []
         clipped_parts, disagreements = [], 0
         status, message = "ok", ""
@@ -94,7 +87,7 @@ class FoolboxAttack(Probe):
         if not rows:
             raise ProbeTimeout("time budget spent before the first batch finished")
         records = pd.DataFrame(rows)
-        adaptive = bool(self.params["adaptive"]) if context.bare_model is not None else None
+        adaptive = bool(self.adaptive) if context.bare_model is not None else None
         metrics = self._metrics(records, disagreements, adaptive)
         artifacts = self._examples(model, data, records, torch.cat(clipped_parts, dim=1), epsilons)
         return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
@@ -105,7 +98,7 @@ class FoolboxAttack(Probe):
         A sample is robust at ``epsilons[k]`` if it is classified correctly and no attack up to
         ``epsilons[k]`` fooled it: its ``min_epsilon`` (first breaking epsilon) is missing or larger.
         """
-        epsilons: list[float] = self.params["epsilons"]
+        epsilons: list[float] = self.epsilons
         correct = records["correct"].to_numpy(bool)
         min_epsilon = records["min_epsilon"].to_numpy(float)  # NaN: never fooled
         robust = correct[None, :] & ~(np.asarray(epsilons)[:, None] >= min_epsilon[None, :])
@@ -135,7 +128,7 @@ class FoolboxAttack(Probe):
         )
         disagreements = sum(int(p.metrics["foolbox_disagreements"]) for p in parts)
         metrics = self._metrics(records, disagreements, parts[0].metrics.get("adaptive"))
-        artifacts = [a for p in parts for a in p.artifacts][: self.params["examples"]]
+        artifacts = [a for p in parts for a in p.artifacts][: self.examples]
         timeouts = [p.message for p in parts if p.status == "timeout"]
         status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
         return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
@@ -143,8 +136,8 @@ class FoolboxAttack(Probe):
     def _attack(self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success flags."""
         fb = import_foolbox()
-        if self.params["eot"] > 1:
-            surrogate = expectation_over_draws(surrogate, self.params["eot"])
+        if self.eot > 1:
+            surrogate = expectation_over_draws(surrogate, self.eot)
         x, y = x.to(surrogate.device), y.to(surrogate.device)
         low, high = surrogate.bounds
         if x.numel() and (x.min() < low or x.max() > high):  # foolbox would fail a bare assert
@@ -165,7 +158,7 @@ class FoolboxAttack(Probe):
 
     def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
         """One foolbox call: per-epsilon clipped adversarials and success flags."""
-        _, clipped, success = self.make_attack(fb)(fmodel, x, fb.criteria.Misclassification(y), epsilons=self.params["epsilons"])
+        _, clipped, success = self.make_attack(fb)(fmodel, x, fb.criteria.Misclassification(y), epsilons=self.epsilons)
         return clipped, success
 
     def _evaluate(
@@ -177,7 +170,7 @@ class FoolboxAttack(Probe):
         fooling) and one record per sample; ``min_epsilon`` is the first epsilon at which the sample is
         not robust (misclassified or fooled at that or any smaller epsilon).
         """
-        epsilons = self.params["epsilons"]
+        epsilons = self.epsilons
         clean_prob = model.predict(x).softmax(1)
         clean_conf, clean_pred = clean_prob.max(1)
         correct = clean_pred == y
@@ -210,7 +203,7 @@ class FoolboxAttack(Probe):
         self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor, epsilons: list[float]
     ) -> list[Artifact]:
         """Clean vs adversarial (at the smallest breaking epsilon) for the first fooled samples."""
-        fooled = records[records["correct"] & records["min_epsilon"].notna()].head(self.params["examples"])
+        fooled = records[records["correct"] & records["min_epsilon"].notna()].head(self.examples)
         artifacts = []
         for _, row in fooled.iterrows():
             i, eps = int(row["index"]), float(row["min_epsilon"])
@@ -259,88 +252,113 @@ def expectation_over_draws(model: ImageClassifier, draws: int) -> ImageClassifie
     )
 
 
-@register("probe", "fgsm")
 class FGSM(FoolboxAttack):
     """Fast Gradient Sign Method (Goodfellow et al. 2015), Linf."""
 
     norm = "linf"
     in_default_audit = True
-    defaults = {"epsilons": LINF_EPSILONS}
+    epsilons = Param(
+        LINF_EPSILONS, "Linf perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True
+    )
 
     def make_attack(self, fb: Any) -> Any:
         return fb.attacks.LinfFastGradientAttack(random_start=False)
 
 
-@register("probe", "pgd-linf")
 class PGDLinf(FoolboxAttack):
     """Projected gradient descent (Madry et al. 2018), Linf, random start."""
 
     norm = "linf"
     in_default_audit = True
-    defaults = {"epsilons": LINF_EPSILONS, "steps": 20, "rel_stepsize": 0.1, "random_start": True}
+    epsilons = Param(
+        LINF_EPSILONS, "Linf perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True
+    )
+    steps = Param(20, "gradient steps per epsilon", ge=1)
+    rel_stepsize = Param(0.1, "step size relative to epsilon", gt=0)
+    random_start = Param(True, "start from a uniformly random point of the epsilon ball")
 
     def make_attack(self, fb: Any) -> Any:
-        p = self.params
-        return fb.attacks.LinfPGD(rel_stepsize=p["rel_stepsize"], steps=p["steps"], random_start=p["random_start"])
+        return fb.attacks.LinfPGD(
+            rel_stepsize=self.rel_stepsize, steps=self.steps, random_start=self.random_start
+        )
 
 
-@register("probe", "pgd-l2")
 class PGDL2(FoolboxAttack):
     """Projected gradient descent (Madry et al. 2018), L2, random start."""
 
     norm = "l2"
     in_default_audit = True
-    defaults = {"epsilons": L2_EPSILONS, "steps": 20, "rel_stepsize": 0.1, "random_start": True}
+    epsilons = Param(
+        L2_EPSILONS, "L2 perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True
+    )
+    steps = Param(20, "gradient steps per epsilon", ge=1)
+    rel_stepsize = Param(0.1, "step size relative to epsilon", gt=0)
+    random_start = Param(True, "start from a uniformly random point of the epsilon ball")
 
     def make_attack(self, fb: Any) -> Any:
-        p = self.params
-        return fb.attacks.L2PGD(rel_stepsize=p["rel_stepsize"], steps=p["steps"], random_start=p["random_start"])
+        return fb.attacks.L2PGD(
+            rel_stepsize=self.rel_stepsize, steps=self.steps, random_start=self.random_start
+        )
 
 
-@register("probe", "deepfool")
 class DeepFool(FoolboxAttack):
     """DeepFool (Moosavi-Dezfooli et al. 2016), L2 minimal perturbation."""
 
     norm = "l2"
     in_default_audit = True
-    defaults = {"epsilons": L2_EPSILONS, "steps": 50, "candidates": 10, "overshoot": 0.02}
+    epsilons = Param(
+        L2_EPSILONS, "L2 budgets the minimal adversarial is clipped to (sorted)", ge=0, min_items=1, sort=True
+    )
+    steps = Param(50, "maximum number of DeepFool iterations", ge=1)
+    candidates = Param(10, "most likely classes considered at each step", ge=2)
+    overshoot = Param(0.02, "relative overshoot past the linearised decision boundary", ge=0)
 
     def make_attack(self, fb: Any) -> Any:
-        p = self.params
-        return fb.attacks.L2DeepFoolAttack(steps=p["steps"], candidates=p["candidates"], overshoot=p["overshoot"])
+        return fb.attacks.L2DeepFoolAttack(
+            steps=self.steps, candidates=self.candidates, overshoot=self.overshoot
+        )
 
 
-@register("probe", "cw-l2")
 class CarliniWagnerL2(FoolboxAttack):
     """Carlini & Wagner L2 attack (2017), minimal perturbation with binary search over the constant."""
 
     norm = "l2"
-    defaults = {"epsilons": L2_EPSILONS, "binary_search_steps": 5, "steps": 100, "stepsize": 0.01, "confidence": 0.0}
+    epsilons = Param(
+        L2_EPSILONS, "L2 budgets the minimal adversarial is clipped to (sorted)", ge=0, min_items=1, sort=True
+    )
+    binary_search_steps = Param(5, "binary-search steps over the trade-off constant c", ge=1)
+    steps = Param(100, "optimisation steps per binary-search step", ge=1)
+    stepsize = Param(0.01, "Adam step size of the optimisation", gt=0)
+    confidence = Param(0.0, "logit margin (kappa) an adversarial must reach", ge=0)
 
     def make_attack(self, fb: Any) -> Any:
-        p = self.params
         return fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=p["binary_search_steps"], steps=p["steps"], stepsize=p["stepsize"], confidence=p["confidence"]
+            binary_search_steps=self.binary_search_steps,
+            steps=self.steps,
+            stepsize=self.stepsize,
+            confidence=self.confidence,
         )
 
 
-@register("probe", "boundary")
 class Boundary(FoolboxAttack):
     """Boundary attack (Brendel et al. 2018): decision-based, needs no gradients, L2."""
 
     norm = "l2"
     requires = frozenset()
-    defaults = {"epsilons": L2_EPSILONS, "steps": 500}
+    epsilons = Param(
+        L2_EPSILONS, "L2 budgets the minimal adversarial is clipped to (sorted)", ge=0, min_items=1, sort=True
+    )
+    steps = Param(500, "maximum number of boundary-walk steps", ge=1)
 
     def make_attack(self, fb: Any) -> Any:
-        return fb.attacks.BoundaryAttack(steps=self.params["steps"])
+        return fb.attacks.BoundaryAttack(steps=self.steps)
 
     def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
         """foolbox's BoundaryAttack raises ValueError for the whole batch when its random-noise
         initialisation finds no adversarial start for some sample (and warns first). Run that same
         initialisation here and attack only the samples it found a start for; the others count as
         not fooled (their adversarial is the clean image)."""
-        epsilons = self.params["epsilons"]
+        epsilons = self.epsilons
         init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)  # foolbox's default init_attack
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*failed to draw sufficient random inputs", category=UserWarning)

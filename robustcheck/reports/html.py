@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from robustcheck.reports.formatting import DASH, format_score, format_value, is_number
 from robustcheck.reports.plots import line_chart
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["render_report", "write_report"]
 
 TEMPLATES = Path(__file__).parent / "templates"
-DASH = "\u2014"
 #: Images are scaled up by an integer factor until their longer side reaches this many pixels.
 MIN_IMAGE_DISPLAY = 96
 MAX_IMAGE_DISPLAY = 256
@@ -136,28 +136,8 @@ class ProbeSection:
 # --------------------------------------------------------------------------- formatting helpers
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def format_score(score: Any) -> str:
-    """A score with three decimals, or a dash when there is none."""
-    return f"{float(score):.3f}" if _is_number(score) and math.isfinite(score) else DASH
-
-
-def format_value(value: Any) -> str:
-    """A metric or parameter value for display."""
-    if value is None:
-        return DASH
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, str | int):
-        return str(value)
-    return json.dumps(value, default=str, ensure_ascii=False)
-
-
 def _format_seconds(value: Any) -> str:
-    return f"{float(value):.1f} s" if _is_number(value) else DASH
+    return f"{float(value):.1f} s" if is_number(value) else DASH
 
 
 def _defense_label(defense: Any) -> str:
@@ -183,7 +163,7 @@ def _score_css(score: Any, status: str, fail_under: float | None) -> str:
     """CSS class of a score: by status, then pass/fail against the threshold, else a neutral scale."""
     if status in ("timeout", "error"):
         return status
-    if not _is_number(score) or not math.isfinite(score):
+    if not is_number(score) or not math.isfinite(score):
         return "missing"
     if fail_under is not None:
         return "pass" if score >= fail_under else "fail"
@@ -217,7 +197,7 @@ def _truncate(text: str, limit: int) -> str:
 
 def _pick_run(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     """The run shown for a summary cell: the lowest score among scored runs, else the first run."""
-    scored = [r for r in runs if _is_number(r.get("score")) and math.isfinite(r["score"])]
+    scored = [r for r in runs if is_number(r.get("score")) and math.isfinite(r["score"])]
     return min(scored, key=lambda r: r["score"]) if scored else runs[0]
 
 
@@ -232,7 +212,7 @@ def _summary_cell(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -
 
 def _clean_accuracy(runs: Iterable[Mapping[str, Any]]) -> str:
     """The clean accuracy of a (model, defense) row; a range if runs disagree (e.g. other data)."""
-    values = [float(v) for r in runs if _is_number(v := (r.get("metrics") or {}).get("clean_accuracy"))]
+    values = [float(v) for r in runs if is_number(v := (r.get("metrics") or {}).get("clean_accuracy"))]
     if not values:
         return DASH
     lo, hi = min(values), max(values)
@@ -269,7 +249,7 @@ def as_curve(value: Any) -> list[tuple[float, float]] | None:
             x = float(key)
         except (TypeError, ValueError):
             return None
-        if not _is_number(y):
+        if not is_number(y):
             return None
         points.append((x, float(y)))
     return sorted(points)
@@ -495,7 +475,7 @@ def _environment() -> Environment:
 def _pass_summary(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -> str:
     if fail_under is None:
         return ""
-    scored = [r for r in runs if r.get("status", "ok") == "ok" and _is_number(r.get("score"))]
+    scored = [r for r in runs if r.get("status", "ok") == "ok" and is_number(r.get("score"))]
     passed = sum(1 for r in scored if r["score"] >= fail_under)
     return f"{passed} of {len(scored)} completed runs pass"
 
@@ -520,7 +500,7 @@ def build_context(
         "fail_under": None if fail_under is None else f"{fail_under:.3f}",
         "pass_summary": _pass_summary(runs, fail_under),
         "probes": probes,
-        "show_clean": any(_is_number((r.get("metrics") or {}).get("clean_accuracy")) for r in runs),
+        "show_clean": any(is_number((r.get("metrics") or {}).get("clean_accuracy")) for r in runs),
         "summary": build_summary(runs, probes, fail_under),
         "defense_rows": build_defense_rows(runs),
         "sections": [

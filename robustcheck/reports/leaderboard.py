@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from robustcheck.reports.formatting import DASH, format_score
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -61,10 +62,6 @@ def build_leaderboard(frame: pd.DataFrame, *, all_runs: bool = False) -> tuple[p
     return ranked[columns].reset_index(drop=True), probes
 
 
-def _fmt(value: Any) -> str:
-    return "—" if value is None or (isinstance(value, float) and pd.isna(value)) else f"{value:.3f}"
-
-
 def _md_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
@@ -74,8 +71,8 @@ def to_markdown(table: pd.DataFrame, probes: list[str]) -> str:
     header = ["rank", "model", "defense", "clean accuracy", *probes, "overall", "coverage"]
     lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        cells = [str(r["rank"]), str(r["model"]), str(r["defense"]) or "—", _fmt(r["clean_accuracy"])]
-        cells += [_fmt(r[p]) for p in probes] + [_fmt(r["overall"]), f"{int(r['coverage'])}/{len(probes)}"]
+        cells = [str(r["rank"]), str(r["model"]), str(r["defense"]) or DASH, format_score(r["clean_accuracy"])]
+        cells += [format_score(r[p]) for p in probes] + [format_score(r["overall"]), f"{int(r['coverage'])}/{len(probes)}"]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -93,9 +90,9 @@ def render_leaderboard(table: pd.DataFrame, probes: list[str], *, out_path: Path
             {
                 "rank": int(r["rank"]),
                 "model": str(r["model"]),
-                "defense": str(r["defense"]) or "—",
-                "cells": [(_fmt(r["clean_accuracy"]), r["clean_accuracy"])] + [(_fmt(r[p]), r[p]) for p in probes]
-                + [(_fmt(r["overall"]), r["overall"])],
+                "defense": str(r["defense"]) or DASH,
+                "cells": [(format_score(r["clean_accuracy"]), r["clean_accuracy"])] + [(format_score(r[p]), r[p]) for p in probes]
+                + [(format_score(r["overall"]), r["overall"])],
                 "coverage": f"{int(r['coverage'])}/{len(probes)}",
                 "link": link,
             }

@@ -1,0 +1,1 @@
+"""Running an audit: the plan, the runner and its executors, checkpoints and the results database."""

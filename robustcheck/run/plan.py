@@ -30,13 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from robustcheck import registry
-from robustcheck.errors import InputError, RequirementError, UnknownPluginError, UsageError, suggest
-from robustcheck.params import parse_spec
+from robustcheck.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BUDGET_S,
+    DEFAULT_MODEL,
+    DEFAULT_OUT,
+    DEFAULT_SAMPLES,
+)
+from robustcheck.errors import InputError, RequirementError, UsageError, suggest
+from robustcheck.models.loading import load_model
+from robustcheck.params import PluginSpec
+from robustcheck.plugins import create, defense_spec, probe_spec
+from robustcheck.run.ray import create_executor
+from robustcheck.run.runner import Runner, RunSpec
 
-DEFAULT_MODEL = "digits-cnn"
-DEFAULT_OUT = "robustcheck-report"
-DEFAULT_SAMPLES = 100
-DEFAULT_BUDGET_S = 120.0
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
             "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards"}  # fmt: skip
 MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
@@ -45,8 +52,9 @@ PROBE_KEYS = {"name", "params", "fail_under"}
 
 @dataclass
 class ProbeChoice:
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
+    """A probe of the audit and the score it must reach (``None``: the audit's ``fail_under``)."""
+
+    spec: PluginSpec
     fail_under: float | None = None
 
 
@@ -62,14 +70,14 @@ class AuditPlan:
 
     models: list[ModelChoice]
     probes: list[ProbeChoice] | None  # None: each model's default probe set
-    defenses: list[str | None] | None  # None: bare plus the default defenses
+    defenses: list[PluginSpec | None] | None  # None: bare plus the default defenses
     data: str | None = None
     samples: int = DEFAULT_SAMPLES
     seed: int = 0
     out: Path = Path(DEFAULT_OUT)
     fail_under: float | None = None
     budget: float | None = DEFAULT_BUDGET_S
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     results_db: Path | None = None  # None: OUT/results.db
     executor: str = "local"  # where units run: "local" or "ray" (robustcheck.run.ray)
     ray_address: str | None = None  # None with executor "ray": start a local Ray instance
@@ -79,8 +87,6 @@ class AuditPlan:
 
     def make_executor(self) -> Any:
         """The executor the audit runs on (checked, and Ray imported, before any run)."""
-        from robustcheck.run.ray import create_executor
-
         return create_executor(self.executor, self.ray_address, task_cpus=self.ray_task_cpus, task_gpus=self.ray_task_gpus)
 
     @property
@@ -100,7 +106,7 @@ class AuditPlan:
             values["probes"] = [p if isinstance(p, ProbeChoice) else _probe_choice(p, f"probes[{i}]") for i, p in enumerate(probes)]
         defenses = values.get("defenses")
         if defenses is not None:
-            values["defenses"] = [None if d in (None, "none") else _check_name("defense", d, "defenses") for d in defenses]
+            values["defenses"] = [None if d in (None, "none") else defense_spec(d) for d in defenses]
         budget = values.get("budget", DEFAULT_BUDGET_S)
         return cls(
             models=values.get("models") or [ModelChoice(DEFAULT_MODEL)],
@@ -112,7 +118,7 @@ class AuditPlan:
             out=Path(values.get("out", DEFAULT_OUT)),
             fail_under=values.get("fail_under"),
             budget=float(budget) if budget else None,
-            batch_size=_positive_int(values.get("batch_size", 64), "batch_size"),
+            batch_size=_positive_int(values.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size"),
             results_db=Path(values["results_db"]) if values.get("results_db") else None,
             executor=values.get("executor") or "local",
             ray_address=values.get("ray_address"),
@@ -124,39 +130,36 @@ class AuditPlan:
     def threshold(self, probe: str) -> float:
         """The score below which ``probe`` fails (``-inf``: no threshold)."""
         for choice in self.probes or []:
-            if choice.name == probe and choice.fail_under is not None:
+            if choice.spec.name == probe and choice.fail_under is not None:
                 return choice.fail_under
         return self.fail_under if self.fail_under is not None else -math.inf
 
-    def specs(self, runner: Any) -> list[Any]:
+    def specs(self, runner: Runner) -> list[RunSpec]:
         """Expand into run units, in a fixed order: model, defense (bare first), probe."""
-        from robustcheck.plugins import create_defense, create_probe, plugin_class
-        from robustcheck.run.runner import RunSpec
-
-        defenses = self.defenses if self.defenses is not None else [None, *_default_names("defense")]
+        defenses = self.defenses if self.defenses is not None else [None, *_default_specs("defense")]
+        probes = self.probes or [ProbeChoice(spec) for spec in _default_specs("probe")]
+        # every plugin created (so every parameter checked) once, before anything loads or runs
+        plugins = {spec: create(spec) for spec in {*(p.spec for p in probes), *(d for d in defenses if d is not None)}}
         specs = []
         for choice in self.models:
             model_id = choice.options.get("name", choice.source)
             if choice.options:
-                from robustcheck.models.loading import load_model
-
                 runner.add_model(model_id, load_model(choice.source, **choice.options))
             model = runner.model(model_id)
             for defense in defenses:
-                target = create_defense(defense).apply(model) if defense else model
-                for probe in self.probes or [ProbeChoice(n) for n in _default_names("probe")]:
+                target = plugins[defense].apply(model) if defense else model
+                for probe in probes:
                     if self.probes is None or (defense is not None and self.defenses is None):
                         # defaults (probes, or defenses nobody asked for): skip pairs that do not apply
                         try:
-                            create_probe(probe.name, **probe.params).check_requirements(target)
+                            plugins[probe.spec].check_requirements(target)
                         except RequirementError:
                             continue
-                    shardable = getattr(plugin_class(probe.name), "shardable", False)
+                    shardable = plugins[probe.spec].shardable
                     specs.append(
                         RunSpec(
                             model=model_id,
-                            probe=probe.name,
-                            params=probe.params,
+                            probe=probe.spec,
                             data=self.data,
                             defense=defense,
                             samples=self.samples,
@@ -170,8 +173,9 @@ class AuditPlan:
         return specs
 
 
-def _default_names(kind: str) -> list[str]:
-    return [e.name for e in registry.entries(kind) if getattr(e.obj, "in_default_audit", False)]
+def _default_specs(kind: str) -> list[PluginSpec]:
+    """The plugins of ``kind`` that run when an audit names none (``in_default_audit``)."""
+    return [PluginSpec(kind, e.name) for e in registry.entries(kind) if e.obj.in_default_audit]
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -230,8 +234,7 @@ def _model_choice(value: Any, where: str) -> ModelChoice:
 
 def _probe_choice(value: Any, where: str) -> ProbeChoice:
     if isinstance(value, str):
-        name, params = parse_spec(value)
-        return ProbeChoice(_check_name("probe", name, where), params)
+        return ProbeChoice(probe_spec(value))
     if not isinstance(value, dict) or "name" not in value:
         raise UsageError(f"{where}: a probe is a string or a table with a 'name' key, got {value!r}")
     for key in value:
@@ -243,16 +246,8 @@ def _probe_choice(value: Any, where: str) -> ProbeChoice:
     fail_under = value.get("fail_under")
     if fail_under is not None and not isinstance(fail_under, (int, float)):
         raise UsageError(f"{where}: 'fail_under' must be a number, got {fail_under!r}")
-    return ProbeChoice(_check_name("probe", value["name"], where), dict(params), fail_under)
-
-
-def _check_name(kind: str, spec: str, where: str) -> str:
-    """Fail early on unknown plugin names (probes may also be verifiers)."""
-    name, _ = parse_spec(spec)
-    known = registry.names(kind) + (registry.names("verifier") if kind == "probe" else [])
-    if name not in known:
-        raise UnknownPluginError(kind, name, known)
-    return spec if kind == "defense" else name
+    spec = probe_spec(value["name"])
+    return ProbeChoice(PluginSpec(spec.kind, spec.name, {**spec.params, **params}), fail_under)
 
 
 def _positive_int(value: Any, key: str) -> int:

@@ -1,12 +1,14 @@
-"""Executors: where the runner's independent run units execute.
+"""Running audits on Ray: :class:`RayExecutor`, and :func:`create_executor`, which picks it or the in-process
+:class:`~robustcheck.run.runner.LocalExecutor` by name (``--executor local|ray``).
 
-:class:`LocalExecutor` (the default) runs them one after another in this process. :class:`RayExecutor`
-(extra ``[ray]``) sends each unit to a Ray cluster as a task: a local Ray instance started for the audit
-when no address is given, or an existing cluster (``address="auto"`` or ``"ray://host:10001"``).
+:class:`RayExecutor` (extra ``[ray]``) sends each of the runner's independent run units to a Ray cluster as a
+task: a local Ray instance started for the audit when no address is given, or an existing cluster
+(``address="auto"`` or ``"ray://host:10001"``). The worker side (a runner cached per worker process, the task,
+the progress actor) is here too.
 
-Both yield finished :class:`~robustcheck.run.runner.RunOutcome` objects to the runner, which saves each one
-the moment it arrives (from the driver), so an interrupted audit resumes the same way under either
-executor. A unit seeds itself from its spec, so the same seed gives the same results on both.
+Finished :class:`~robustcheck.run.runner.RunOutcome` objects go back to the runner, which saves each one the
+moment it arrives (from the driver), as under the local executor, so an interrupted audit resumes the same way
+under either. A unit seeds itself from its spec, so the same seed gives the same results on both.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from robustcheck import registry
 from robustcheck.errors import RequirementError, UsageError
-from robustcheck.run.runner import LocalExecutor
-
-if TYPE_CHECKING:
-    from robustcheck.run.runner import Runner, RunOutcome, RunSpec
+from robustcheck.plugins import plugin_class
+from robustcheck.run.runner import LocalExecutor, Runner, RunOutcome, RunSpec, escape_label, summary_line
 
 EXECUTORS = ("local", "ray")
 #: How often the driver refreshes progress bars while waiting for Ray tasks (seconds).
@@ -93,9 +94,7 @@ class RayExecutor:
         return self.address is None
 
     def _resources(self, spec: RunSpec) -> dict[str, float]:
-        from robustcheck.plugins import create_probe
-
-        declared = dict(create_probe(spec.probe, **spec.params).resources)
+        declared = dict(plugin_class(spec.probe).resources)
         if self.task_cpus is not None:
             declared["num_cpus"] = self.task_cpus
         if self.task_gpus is not None:
@@ -103,9 +102,6 @@ class RayExecutor:
         return {"num_cpus": float(declared.get("num_cpus", 1)), "num_gpus": float(declared.get("num_gpus", 0))}
 
     def _execute(self, ray: Any, runner: Runner, specs: Sequence[RunSpec], bar: Any) -> Iterator[tuple[int, RunOutcome]]:
-        from robustcheck import registry
-        from robustcheck.run.runner import escape_label, summary_line
-
         shared = ray.put(runner.shipment(registry.in_process_entries()))
         progress = _progress_actor(ray).remote(len(specs))
         remote = ray.remote(_run_unit)
@@ -169,9 +165,6 @@ _WORKER_RUNNERS: dict[str, Runner] = {}
 
 def _worker_runner(ray: Any, shared_ref: Any) -> Runner:
     """The runner of this worker process for this audit (built once, then reused by every task)."""
-    from robustcheck import registry
-    from robustcheck.run.runner import Runner
-
     key = shared_ref.hex()
     if key not in _WORKER_RUNNERS:
         shipment = ray.get(shared_ref)

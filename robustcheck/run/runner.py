@@ -17,35 +17,41 @@ import json
 import platform
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from rich.markup import escape
 
 import robustcheck
 from robustcheck.api import Artifact, ProbeResult, RunContext, Table
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.data.loading import load_data
+from robustcheck.defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError, UsageError
 from robustcheck.jsonutil import json_default
 from robustcheck.models.classifier import ImageClassifier
-from robustcheck.plugins import plugin_class
+from robustcheck.models.loading import load_model
+from robustcheck.params import PluginSpec
+from robustcheck.plugins import create, plugin_class
+from robustcheck.reports.html import write_report
+from robustcheck.run.checkpoint import RunStore
+from robustcheck.run.history import ResultsDB, weights_hash
 from robustcheck.seeding import seed_everything
-
-DEFAULT_SAMPLES = 100
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run unit. ``model``, ``data`` and ``defense`` are specs as the CLI takes them.
+    """One run unit: plain data, so it can run anywhere and be hashed into a ``run_id``.
 
     Attributes:
         model: registry name, import path or file (``NAME:key=value`` for options).
-        probe: probe or verifier name; ``params`` its parameters.
+        probe: the probe or verifier with its parameters; text (``"pgd-linf:steps=20"``) is parsed once,
+            here, and ``params`` (keyword only at construction) are merged into it.
         data: data spec; ``None`` means the model's default data.
-        defense: defense spec (``bit-depth:bits=4``) or ``None``.
+        defense: the defense with its parameters (text is parsed like ``probe``), or ``None``.
         samples: number of leading samples of the data to use (``None``: all).
         seed: seed for everything random in this run.
         budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
@@ -57,32 +63,47 @@ class RunSpec:
     """
 
     model: str
-    probe: str
-    params: dict[str, Any] = field(default_factory=dict)
+    probe: PluginSpec
+    params: InitVar[dict[str, Any] | None] = None
     data: str | None = None
-    defense: str | None = None
+    defense: PluginSpec | None = None
     samples: int | None = DEFAULT_SAMPLES
     seed: int = 0
     budget_s: float | None = None
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     model_options: dict[str, Any] = field(default_factory=dict)
     shards: int = 1
     shard: int | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, params: dict[str, Any] | None) -> None:
+        probe = PluginSpec.parse("probe", self.probe)
+        if params:
+            probe = PluginSpec(probe.kind, probe.name, {**probe.params, **params})
+        object.__setattr__(self, "probe", probe)
+        if self.defense is not None:
+            object.__setattr__(self, "defense", PluginSpec.parse("defense", self.defense))
         if not isinstance(self.shards, int) or self.shards < 1:
             raise UsageError(f"shards must be a positive integer, got {self.shards!r}")
         if self.shard is not None and not 0 <= self.shard < self.shards:
             raise UsageError(f"shard {self.shard} out of range for {self.shards} shards")
 
     def identity(self) -> dict[str, Any]:
-        """What determines the result (everything but the time budget)."""
-        out = dataclasses.asdict(self)
-        out.pop("budget_s")
+        """What determines the result (everything but the time budget), in the form run ids have
+        always hashed: probe name and parameters apart, the defense as its spec text."""
+        out = {
+            "model": self.model,
+            "probe": self.probe.name,
+            "params": self.probe.params,
+            "data": self.data,
+            "defense": str(self.defense) if self.defense else None,
+            "samples": self.samples,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
         # defaults are left out, so run ids of specs without these fields stay as they were
         for key, default in (("model_options", {}), ("shards", 1), ("shard", None)):
-            if out[key] == default:
-                out.pop(key)
+            if getattr(self, key) != default:
+                out[key] = getattr(self, key)
         return out
 
     def shard_units(self) -> list[RunSpec]:
@@ -100,7 +121,7 @@ class RunSpec:
     def label(self) -> str:
         defense = f"+{self.defense}" if self.defense else ""
         shard = f" [shard {self.shard + 1}/{self.shards}]" if self.shard is not None else ""
-        return f"{self.model}{defense} / {self.probe}{shard}"
+        return f"{self.model}{defense} / {self.probe.name}{shard}"
 
 
 @dataclass
@@ -118,9 +139,9 @@ class RunOutcome:
         return {
             "run_id": self.spec.run_id,
             "model": self.spec.model,
-            "defense": self.spec.defense,
-            "probe": self.spec.probe,
-            "params": self.spec.params,
+            "defense": str(self.spec.defense) if self.spec.defense else None,
+            "probe": self.spec.probe.name,
+            "params": self.spec.probe.params,
             "data": self.data_name,
             "samples": int(len(r.records)) if len(r.records) else self.spec.samples,
             "score": r.score,
@@ -160,8 +181,6 @@ class Runner:
     """
 
     def __init__(self, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False) -> None:
-        from robustcheck.run.checkpoint import RunStore
-
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.quiet = quiet
         self.store = RunStore(self.out_dir / "runs.sqlite") if self.out_dir is not None else None
@@ -181,8 +200,6 @@ class Runner:
 
     def model(self, spec: str) -> ImageClassifier:
         if spec not in self._models:
-            from robustcheck.models.loading import load_model
-
             self._models[spec] = load_model(spec)
         return self._models[spec]
 
@@ -206,8 +223,6 @@ class Runner:
 
     def check(self, specs: Sequence[RunSpec]) -> None:
         """Resolve every name, parameter, model and data set before running anything (fail fast)."""
-        from robustcheck.plugins import create_defense, create_probe
-
         for spec in specs:
             model = self.model(spec.model)
             data = self.data_for(spec)
@@ -215,26 +230,24 @@ class Runner:
             if model.input_shape is not None:  # a probe may take larger photos and crop them itself
                 sample = sample[..., : model.input_shape[1], : model.input_shape[2]]
             model.predict(sample)  # a model that raises fails here, before any run
-            target = create_defense(spec.defense).apply(model) if spec.defense else model
-            probe = create_probe(spec.probe, **spec.params)
+            target = create(spec.defense).apply(model) if spec.defense else model
+            probe = create(spec.probe)
             probe.check_requirements(target)
             if spec.shards > 1 and not probe.shardable:
-                raise UsageError(f"probe {spec.probe!r} cannot split its samples into shards (it does not implement merge)")
+                raise UsageError(f"probe {spec.probe.name!r} cannot split its samples into shards (it does not implement merge)")
             if spec.shards > len(data):
                 raise UsageError(f"{spec.shards} shards for {len(data)} samples: at most one shard per sample")
 
     # -- execution -----------------------------------------------------------------------------
     def execute(self, spec: RunSpec, progress: Any = None) -> RunOutcome:
         """Run one unit now (no store lookup); probe errors become status ``error``."""
-        from robustcheck.plugins import create_defense, create_probe
-
         model = self.model(spec.model)
         data = self.data_for(spec)
         # seed after the cached model and data are resolved: building a model the first time draws
         # random initial weights, which would otherwise make a run depend on whether it came first
         seed_everything(spec.seed)
-        probe = create_probe(spec.probe, **spec.params)
-        target = create_defense(spec.defense).apply(model) if spec.defense else model
+        probe = create(spec.probe)
+        target = create(spec.defense).apply(model) if spec.defense else model
         probe.check_requirements(target)
         deadline = time.monotonic() + spec.budget_s if spec.budget_s else None
         context = RunContext(
@@ -253,7 +266,7 @@ class Runner:
         except RobustCheckError as exc:
             result = ProbeResult(None, status="error", message=str(exc))
         except Exception as exc:  # a probe's bug must not lose the audit: record it, keep going
-            result = ProbeResult(None, status="error", message=f"probe {spec.probe!r} raised {type(exc).__name__}: {exc}")
+            result = ProbeResult(None, status="error", message=f"probe {spec.probe.name!r} raised {type(exc).__name__}: {exc}")
         result.seed, result.seconds = spec.seed, time.perf_counter() - start
         return RunOutcome(spec, result, data.name, probe.score_doc)
 
@@ -263,8 +276,6 @@ class Runner:
         ``executor`` (:mod:`robustcheck.run.ray`; default local, in this process) decides where units
         run; outcomes come back in ``specs`` order whatever order they finish in.
         """
-        from robustcheck.run.runner import LocalExecutor
-
         outcomes: dict[int, RunOutcome] = {}
         units: list[RunSpec] = []  # what still has to run: whole runs and shards
         for index, spec in enumerate(specs):
@@ -285,13 +296,11 @@ class Runner:
 
     def _merge(self, spec: RunSpec, finished: dict[str, RunOutcome]) -> RunOutcome:
         """Combine the shard outcomes of ``spec`` (fresh or stored) into its outcome, and save it."""
-        from robustcheck.plugins import create_probe
-
         parts = [finished.get(u.run_id) or self._stored(u) for u in spec.shard_units()]
         results = [p.result for p in parts if p is not None]
         offsets = [start for start, _ in shard_bounds(len(self.data_for(spec)), spec.shards)]
         failed = [r for r in results if r.status == "error"]
-        probe = create_probe(spec.probe, **spec.params)
+        probe = create(spec.probe)
         if failed or len(results) < spec.shards:
             message = failed[0].message if failed else "a shard did not finish"
             result = ProbeResult(None, status="error", message=f"{len(failed)} of {spec.shards} shards failed: {message}")
@@ -355,8 +364,6 @@ class Runner:
     ) -> dict[str, Any]:
         """Write ``results.json``, ``records.csv`` and ``report.html`` into ``out_dir`` and append the
         runs to the results database ``results_db`` (if given); return the results."""
-        from robustcheck.reports.html import write_report
-
         results = self.results(outcomes, seed)
         if self.out_dir is None:
             return results
@@ -366,8 +373,6 @@ class Runner:
         artifacts: dict[str, list[Artifact]] = {o.spec.run_id: o.result.artifacts for o in outcomes}
         report = write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
         if results_db is not None:
-            from robustcheck.run.history import ResultsDB, weights_hash
-
             hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
             ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)
         return results
@@ -380,7 +385,7 @@ def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
         if len(o.result.records):
             frame = o.result.records.copy()
             for position, (key, value) in enumerate(
-                (("run_id", o.spec.run_id), ("model", o.spec.model), ("defense", o.spec.defense or ""), ("probe", o.spec.probe))
+                (("run_id", o.spec.run_id), ("model", o.spec.model), ("defense", str(o.spec.defense or "")), ("probe", o.spec.probe.name))
             ):
                 frame.insert(position, key, value)
             frames.append(frame)
@@ -399,8 +404,6 @@ def summary_line(outcome: RunOutcome) -> str:
 
 
 def escape_label(text: str) -> str:
-    from rich.markup import escape
-
     return escape(text)
 
 
@@ -416,8 +419,6 @@ class LocalExecutor:
 
     def execute(self, runner: Runner, specs: Sequence[RunSpec], bar: Any) -> Iterator[tuple[int, RunOutcome]]:
         """Yield ``(index in specs, outcome)`` as units finish."""
-        from robustcheck.run.runner import escape_label, summary_line
-
         for index, spec in enumerate(specs):
             label = escape_label(spec.label)
             task = bar.add_task(label, total=len(runner.data_for(spec))) if bar else None

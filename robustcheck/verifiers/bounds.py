@@ -10,7 +10,7 @@ Soundness margin: everything is computed in float64, so each bound is widened by
 ``S`` is the sum of absolute values of every term that entered it (a generous bound of the accumulated float64
 rounding, whose relative size is about ``depth * width * 2^-53`` of ``S``). The bounds refer to the real-valued
 network of :mod:`robustcheck.verifiers.network`; the float32 model's deviation from it is bounded separately by
-:func:`robustcheck.verifiers.network.float32_error`.
+:func:`robustcheck.verifiers.rounding.float32_error`.
 """
 
 from __future__ import annotations

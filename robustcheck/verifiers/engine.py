@@ -4,7 +4,7 @@
    few) on the *float32* model; any point that violates the property there is a counterexample.
 2. **Bounds** (stage ``bounds``): interval + CROWN bounds on every pre-activation; a disjunct ``A y <= c`` is
    impossible when some row's lower bound exceeds ``c + tol``, where ``tol = |A| err`` and ``err`` bounds the
-   float32 model's deviation from the real-valued network (:func:`~robustcheck.verifiers.network.float32_error`).
+   float32 model's deviation from the real-valued network (:func:`~robustcheck.verifiers.rounding.float32_error`).
    Proving with this margin makes SAFE hold for the float32 model too, not only for its real-valued idealisation.
 3. **Solver** (stage ``z3`` or ``milp``): one query per remaining disjunct (one per competing class), stable ReLUs
    fixed, unstable ones split (:mod:`robustcheck.verifiers.encoding`). The query asks for ``A y <= c + tol``:
@@ -37,7 +37,8 @@ import torch
 
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import LayerBounds, compute_bounds, output_lower
-from robustcheck.verifiers.network import Network, spec_error
+from robustcheck.verifiers.network import Network
+from robustcheck.verifiers.rounding import spec_error
 from robustcheck.verifiers.vnnlib import Property
 
 STATUSES = ("safe", "unsafe", "unknown", "error")

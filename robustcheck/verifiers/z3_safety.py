@@ -25,7 +25,7 @@ Metrics: ``verified``, ``falsified``, ``unknown`` (shares of correctly classifie
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,10 +36,12 @@ from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.ops.metrics import epsilon_key
+from robustcheck.params import Param
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import compute_bounds
 from robustcheck.verifiers.engine import ENGINES, FloatModel, Options, Outcome, Verifier, round_into_box
-from robustcheck.verifiers.network import Network, from_classifier
+from robustcheck.verifiers.extraction import from_classifier
+from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.regions import Region, linf_box, manipulation_region
 from robustcheck.verifiers.vnnlib import robustness_property
 
@@ -52,49 +54,33 @@ class Z3Safety(VerifierPlugin):
 
     name = "z3-safety"
     score_doc = "Share of correctly classified samples proved SAFE (no misclassification anywhere in the region) at eps."
-    defaults: ClassVar[dict[str, Any]] = {
-        "eps": 0.01,
-        "epsilons": [],
-        "timeout": 30.0,
-        "engine": "z3",
-        "bounds": "crown",
-        "region": "linf",
-        "layer": 0,
-        "dims": 4,
-        "span": 0.05,
-        "num_span": 1,
-        "selection": "activation",
-        "pgd_steps": 40,
-        "pgd_restarts": 3,
-        "semantics": "float32",
-        "branching": True,
-        "confirm_milp": False,
-        "examples": 4,
-    }
-
-    def validate(self) -> None:
-        p = self.params
-        owner = f"verifier {self.name!r}"
-        if not 0 <= p["eps"] < float("inf"):
-            raise UsageError(f"{owner}: eps must be a finite non-negative number, got {p['eps']}")
-        if not all(
-            isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e < float("inf")
-            for e in p["epsilons"]
-        ):
-            raise UsageError(
-                f"{owner}: epsilons must be a list of finite non-negative numbers, got {p['epsilons']}"
-            )
-        if not p["timeout"] > 0:
-            raise UsageError(f"{owner}: timeout must be positive (seconds per property), got {p['timeout']}")
-        choices = {"engine": ENGINES, "bounds": ("interval", "crown"), "region": ("linf", "manipulation"),
-                   "selection": ("activation", "gradient"), "semantics": ("float32", "real")}  # fmt: skip
-        for key, allowed in choices.items():
-            if p[key] not in allowed:
-                raise UsageError(f"{owner}: {key} must be one of {', '.join(allowed)}, got {p[key]!r}")
-        if p["layer"] < 0 or p["dims"] < 1 or p["num_span"] < 1 or not p["span"] > 0:
-            raise UsageError(f"{owner}: need layer >= 0, dims >= 1, num_span >= 1 and span > 0")
-        if p["pgd_steps"] < 0 or p["pgd_restarts"] < 0 or p["examples"] < 0:
-            raise UsageError(f"{owner}: pgd_steps, pgd_restarts and examples must be >= 0")
+    eps = Param(0.01, "radius of the L-inf region that gives the score (image units)", ge=0)
+    epsilons = Param(
+        [], "further L-inf radii for the verified-vs-eps curve (region linf)", type=float, list=True, ge=0
+    )
+    timeout = Param(30.0, "seconds per property before it counts as unknown", gt=0)
+    engine = Param("z3", "exact solver for what PGD and the bounds leave open", choices=ENGINES)
+    bounds = Param("crown", "bound propagation before the solver", choices=("interval", "crown"))
+    region = Param("linf", "L-inf ball or the paper's manipulation region", choices=("linf", "manipulation"))
+    layer = Param(0, "layer of the manipulation region (0: the input; k: after hidden layer k)", ge=0)
+    dims = Param(4, "dimensions the manipulation region moves", ge=1)
+    span = Param(0.05, "step of a manipulated dimension", gt=0)
+    num_span = Param(1, "steps each manipulated dimension may move either way", ge=1)
+    selection = Param(
+        "activation", "how manipulated dimensions are chosen", choices=("activation", "gradient")
+    )
+    pgd_steps = Param(
+        40, "steps of the PGD search for a counterexample that runs first (at least one is made)", ge=0
+    )
+    pgd_restarts = Param(3, "random starts of that PGD search besides the sample itself", ge=0)
+    semantics = Param(
+        "float32",
+        "what SAFE proves: float32 (the float32 model, rounding included) or real (real-valued network, VNN-COMP)",
+        choices=("float32", "real"),
+    )
+    branching = Param(True, "run Z3 inside a branch and bound over the unstable ReLUs")
+    confirm_milp = Param(False, "have Z3 re-prove SAFE verdicts of the MILP engine exactly")
+    examples = Param(4, "counterexample images in the report", ge=0)
 
     def check_requirements(self, model: ImageClassifier) -> None:
         """The model must be a network the verifier can extract (raises naming the offending layer)."""
@@ -108,17 +94,16 @@ class Z3Safety(VerifierPlugin):
 
     def options(self, seed: int) -> Options:
         """The engine settings of these params (PGD seeded with ``seed``)."""
-        p = self.params
         return Options(
-            engine=p["engine"],
-            bounds=p["bounds"],
-            timeout=p["timeout"],
-            pgd_steps=p["pgd_steps"],
-            pgd_restarts=p["pgd_restarts"],
+            engine=self.engine,
+            bounds=self.bounds,
+            timeout=self.timeout,
+            pgd_steps=self.pgd_steps,
+            pgd_restarts=self.pgd_restarts,
             seed=seed,
-            semantics=p["semantics"],
-            branching=bool(p["branching"]),
-            confirm_milp=bool(p["confirm_milp"]),
+            semantics=self.semantics,
+            branching=self.branching,
+            confirm_milp=self.confirm_milp,
         )
 
     # -- running -------------------------------------------------------------------------------------------
@@ -127,12 +112,7 @@ class Z3Safety(VerifierPlugin):
         self._bounds = model.bounds
         verifier = Verifier(net, FloatModel.from_classifier(model), self.options(context.seed))
         predictions = model.predict(data.x).argmax(1)
-        linf = self.params["region"] == "linf"
-        epsilons = (
-            sorted({float(self.params["eps"]), *map(float, self.params["epsilons"])})
-            if linf
-            else [float(self.params["eps"])]
-        )
+        epsilons = sorted({self.eps, *self.epsilons}) if self.region == "linf" else [self.eps]
         rows: list[dict[str, Any]] = []
         status, message = "ok", ""
         for i in range(len(data)):
@@ -149,7 +129,7 @@ class Z3Safety(VerifierPlugin):
         return self._result(model, data, records, epsilons, status, message)
 
     def _timeout(self, context: RunContext) -> float:
-        left = self.params["timeout"]
+        left = self.timeout
         if context.deadline is not None:
             left = min(left, max(0.5, context.deadline - time.monotonic()))
         return left
@@ -177,7 +157,7 @@ class Z3Safety(VerifierPlugin):
             per_eps[eps] = outcome
             if outcome.status == "unsafe":
                 found = outcome
-        main = per_eps[float(self.params["eps"])]
+        main = per_eps[self.eps]
         cex_pred = int(np.argmax(main.output)) if main.output is not None else None
         row.update(
             status=main.status,
@@ -199,14 +179,13 @@ class Z3Safety(VerifierPlugin):
 
     def _verify_region(self, verifier: Verifier, net: Network, model: ImageClassifier, x: np.ndarray, label: int, eps: float,
                        context: RunContext) -> Outcome:  # fmt: skip
-        p = self.params
         timeout = self._timeout(context)
         try:
-            if p["region"] == "linf":
+            if self.region == "linf":
                 region = linf_box(x, eps, model.bounds)
             else:
-                region = manipulation_region(net, x, label, layer=p["layer"], dims=p["dims"], span=p["span"],
-                                             num_span=p["num_span"], selection=p["selection"], bounds=model.bounds)  # fmt: skip
+                region = manipulation_region(net, x, label, layer=self.layer, dims=self.dims, span=self.span,
+                                             num_span=self.num_span, selection=self.selection, bounds=model.bounds)  # fmt: skip
             if region.layer == 0:
                 prop = robustness_property(region.lo, region.hi, label, net.num_outputs)
                 return verifier.verify(prop, start=x, grid=region.grid, timeout=timeout)
@@ -272,8 +251,8 @@ class Z3Safety(VerifierPlugin):
             "mean_unstable_relus": float(correct["unstable_relus"].dropna().mean()) if n_correct else 0.0,
             "verified_curve": curve,
             "stage_counts": {f"{stage}/{st}": int(n) for (stage, st), n in stage_counts.items()},
-            "engine": self.params["engine"],
-            "region": self.params["region"],
+            "engine": self.engine,
+            "region": self.region,
             "samples": len(records),
         }
         artifacts = self._artifacts(model, data, records)
@@ -300,7 +279,7 @@ class Z3Safety(VerifierPlugin):
         ]
         frame = records[[c for c in columns if c in records.columns]].copy()
         frame["seconds"] = frame["seconds"].astype(float).round(3)
-        return Table("verdict per sample", frame, f"region {self.params['region']}, eps {self.params['eps']:g}, engine {self.params['engine']}; "
+        return Table("verdict per sample", frame, f"region {self.region}, eps {self.eps:g}, engine {self.engine}; "
                      "stage = what decided (attack: PGD found a counterexample; bounds: CROWN proved; z3 / milp: the exact solver)")  # fmt: skip
 
     def _time_table(self, correct: pd.DataFrame) -> Table:
@@ -328,7 +307,7 @@ class Z3Safety(VerifierPlugin):
         artifacts = []
         shape = tuple(model.input_shape or data.shape)
         unsafe = records[(records["status"] == "unsafe") & records["_counterexample"].notna()].head(
-            self.params["examples"]
+            self.examples
         )
         for _, row in unsafe.iterrows():
             cex = np.asarray(row["_counterexample"], np.float32)

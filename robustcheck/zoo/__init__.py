@@ -15,6 +15,7 @@ from torch import nn
 from robustcheck.data.builtin import DIGIT_CLASSES
 from robustcheck.errors import InputError
 from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_state_dict
 
 WEIGHTS_DIR = Path(__file__).parent
 
@@ -96,8 +97,6 @@ TRAINERS: dict[str, Trainer] = {
 
 def load_zoo_model(name: str, weights: str | Path | None = None) -> ImageClassifier:
     """Build ``name`` and load its shipped (or the given) weights; the model is in eval mode."""
-    from robustcheck.models.loading import load_state_dict
-
     spec = ZOO[name]
     module = spec.build()
     path = weights or spec.weights_path

@@ -21,6 +21,8 @@ from robustcheck.data.builtin import _digits_split
 from robustcheck.data.captions import MAX_DIGITS, SCENE_SHAPE, digits_scenes, render_scenes
 from robustcheck.errors import InputError
 from robustcheck.models.captioner import DIGITS_VOCABULARY, ImageCaptioner
+from robustcheck.models.loading import load_state_dict
+from robustcheck.zoo.train import deterministic_algorithms
 
 WEIGHTS_DIR = Path(__file__).parent
 
@@ -130,8 +132,6 @@ CAPTIONERS: dict[str, CaptionerSpec] = {
 
 def load_captioner(name: str, weights: str | Path | None = None) -> ImageCaptioner:
     """Build ``name`` and load its shipped (or the given) weights; the model is in eval mode."""
-    from robustcheck.models.loading import load_state_dict
-
     spec = CAPTIONERS[name]
     encoder, decoder = spec.build()
     path = weights or spec.weights_path
@@ -165,8 +165,6 @@ def train(name: str, out_dir: Path | None = None, *, verbose: bool = True) -> tu
 
     Same seed, thread count and torch build give bit-identical weights.
     """
-    from robustcheck.zoo.train import deterministic_algorithms
-
     with deterministic_algorithms():
         return _train(CAPTIONERS[name], out_dir, verbose=verbose)
 

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcheck.data.builtin import digits_rgb32
+from robustcheck.data.formats.foolbox import foolbox_cifar100, foolbox_photos
+from robustcheck.errors import InputError
+from robustcheck.models.loading import load_state_dict
 from robustcheck.ops import camera
+from robustcheck.seeding import seed_everything
+from robustcheck.zoo.train import deterministic_algorithms
 
 NAME = "raw-isp-learned"
 WEIGHTS_PATH = Path(__file__).parent / f"{NAME}.pt"
@@ -117,9 +123,6 @@ class LearnedCamera(nn.Module):
 
 def load_learned_camera(weights: str | Path | None = None) -> LearnedCamera:
     """The learned camera with the shipped (or the given) weights, in eval mode."""
-    from robustcheck.errors import InputError
-    from robustcheck.models.loading import load_state_dict
-
     path = weights or WEIGHTS_PATH
     model = LearnedCamera()
     try:
@@ -137,8 +140,6 @@ def photo_patches(count: int, generator: torch.Generator, size: int = PATCH) -> 
     ImageNet sample photos and scikit-learn's sample photos, each taken at :data:`PHOTO_SCALES`."""
     from sklearn.datasets import load_sample_images
 
-    from robustcheck.data.formats.foolbox import foolbox_photos
-
     arrays = foolbox_photos("imagenet") + [image / np.float32(255.0) for image in load_sample_images().images]
     photos = [torch.from_numpy(a.transpose(2, 0, 1).copy()).float().unsqueeze(0) for a in arrays]
     sources = [F.interpolate(photo, scale_factor=s, mode="area") for photo in photos for s in PHOTO_SCALES]
@@ -153,9 +154,6 @@ def photo_patches(count: int, generator: torch.Generator, size: int = PATCH) -> 
 
 def training_images(generator: torch.Generator) -> torch.Tensor:
     """Digits-rgb32 training images, photo crops and foolbox's CIFAR-100 samples, ``(N, 3, 32, 32)`` in ``[0, 1]``."""
-    from robustcheck.data.builtin import digits_rgb32
-    from robustcheck.data.formats.foolbox import foolbox_cifar100
-
     return torch.cat([digits_rgb32("train").x, photo_patches(PHOTO_PATCHES, generator), foolbox_cifar100().x])
 
 
@@ -198,16 +196,11 @@ def train(name: str = NAME, out_dir: Path | None = None, *, verbose: bool = True
     """
     if name != NAME:
         raise ValueError(f"unknown learned camera {name!r}; this module trains {NAME!r}")
-    from robustcheck.zoo.train import deterministic_algorithms
-
     with deterministic_algorithms():
         return _train(name, out_dir, verbose=verbose)
 
 
 def _train(name: str, out_dir: Path | None, *, verbose: bool) -> tuple[Path, float]:
-    from robustcheck.data.builtin import digits_rgb32
-    from robustcheck.seeding import seed_everything
-
     seed_everything(TRAIN_SEED)
     generator = torch.Generator().manual_seed(TRAIN_SEED)
     images = training_images(generator)

@@ -1,10 +1,8 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
+"""Reading CIFAR-10 python batches (``test_batch``, ``data_batch_1..5``, ``batches.meta``):
+:func:`load_cifar_batches`.
 
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+The batches are pickles; they are read with an unpickler that refuses every global but numpy's array
+rebuilders, so loading a file cannot run code.
 """
 
 from __future__ import annotations
@@ -22,12 +20,12 @@ import numpy as np
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.data.formats.common import (
     CIFAR10_CLASSES,
-    _describe_start,
-    _labels,
-    _make_dataset,
-    _read_start,
-    _reason,
-    _unit_float,
+    check_labels,
+    describe_start,
+    make_dataset,
+    read_start,
+    reason,
+    unit_float,
 )
 from robustcheck.errors import InputError
 
@@ -36,11 +34,6 @@ CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_BATCH_NAME = re.compile(r"^(test_batch|data_batch_\d+)$")
 CIFAR_META = "batches.meta"
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
-
-
-# --------------------------------------------------------------------------------------------
-# CIFAR-10 python batches
-# --------------------------------------------------------------------------------------------
 
 
 def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
@@ -84,7 +77,7 @@ def _read_pickle(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     except Exception as exc:  # unpickling raises almost any type on a corrupt or foreign file
-        raise InputError(f"{path}: not a CIFAR-10 python batch ({_reason(exc)}; {_describe_start(_read_start(path))})") from exc
+        raise InputError(f"{path}: not a CIFAR-10 python batch ({reason(exc)}; {describe_start(read_start(path))})") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{path}: not a CIFAR-10 python batch (holds {type(obj).__name__}, expected a dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
@@ -102,8 +95,8 @@ def _cifar_batch_arrays(path: Path, batch: dict[str, Any]) -> tuple[np.ndarray, 
     try:
         labels = np.asarray(batch["labels"])
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{path}: 'labels' is not a list of integers ({_reason(exc)})") from exc
-    return data.reshape(-1, *CIFAR_IMAGE_SHAPE), _labels(labels, len(data), str(path))
+        raise InputError(f"{path}: 'labels' is not a list of integers ({reason(exc)})") from exc
+    return data.reshape(-1, *CIFAR_IMAGE_SHAPE), check_labels(labels, len(data), str(path))
 
 
 def _cifar_classes(meta_path: Path) -> list[str]:
@@ -131,7 +124,7 @@ def load_cifar_batches(
         xs.append(x[:keep])
         ys.append(y[:keep])
         total += keep
-    images = _unit_float(np.concatenate(xs), str(files[0]))
+    images = unit_float(np.concatenate(xs), str(files[0]))
     meta = {"format": "cifar10-batches", "path": str(files[0].parent), "files": [p.name for p in files]}
-    return _make_dataset(images, np.concatenate(ys), _cifar_classes(meta_path), name or str(files[0]), meta)
+    return make_dataset(images, np.concatenate(ys), _cifar_classes(meta_path), name or str(files[0]), meta)
 

@@ -1,10 +1,10 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
+"""What the data-format readers share: argument checks (:func:`check_limit`, :func:`check_split`,
+:func:`check_layout`, :func:`check_size`), array conversion (:func:`unit_float`, :func:`to_nchw`,
+:func:`check_labels`, :func:`make_dataset`) and error-message helpers (:func:`reason`, :func:`read_start`,
+:func:`describe_start`).
 
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+Failed checks raise :class:`~robustcheck.errors.InputError` (bad file) or
+:class:`~robustcheck.errors.UsageError` (bad parameter) with a one-line message naming the file.
 """
 
 from __future__ import annotations
@@ -23,35 +23,20 @@ CHANNEL_COUNTS = (1, 3, 4)
 LAYOUTS = ("nchw", "nhwc")
 SPLITS = ("test", "train")
 
-# IDX header byte 3 -> element type (big-endian); MNIST uses 0x08 for both images and labels.
-IDX_TYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
 
-
-# --------------------------------------------------------------------------------------------
-# Small helpers shared by the loaders
-# --------------------------------------------------------------------------------------------
-
-
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """One-line description of a library exception, for the tail of an error message."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _read_start(path: Path, n: int = 64) -> bytes:
+def read_start(path: Path, n: int = 64) -> bytes:
     """The first ``n`` bytes of a file (for sniffing its real type)."""
     with path.open("rb") as f:
         return f.read(n)
 
 
-def _describe_start(head: bytes) -> str:
+def describe_start(head: bytes) -> str:
     """Say what a file that is not the expected format looks like, e.g. an HTML page saved by mistake."""
     if not head:
         return "the file is empty"
@@ -61,7 +46,7 @@ def _describe_start(head: bytes) -> str:
     return f"it starts with {head[:16]!r}"
 
 
-def _check_limit(limit: Any) -> int | None:
+def check_limit(limit: Any) -> int | None:
     """``None`` or a positive int; anything else is a :class:`UsageError`."""
     if limit is None:
         return None
@@ -70,13 +55,13 @@ def _check_limit(limit: Any) -> int | None:
     return limit
 
 
-def _check_split(split: Any) -> str:
+def check_split(split: Any) -> str:
     if split not in SPLITS:
         raise UsageError(f"split must be 'test' or 'train', got {split!r}")
     return split
 
 
-def _check_layout(layout: Any) -> str | None:
+def check_layout(layout: Any) -> str | None:
     if layout is None:
         return None
     if not isinstance(layout, str) or layout.lower() not in LAYOUTS:
@@ -84,7 +69,7 @@ def _check_layout(layout: Any) -> str | None:
     return layout.lower()
 
 
-def _check_size(size: Any) -> tuple[int, int] | None:
+def check_size(size: Any) -> tuple[int, int] | None:
     """``None``, an int (square) or ``[H, W]`` -> ``(H, W)``."""
     if size is None:
         return None
@@ -98,7 +83,7 @@ def _check_size(size: Any) -> tuple[int, int] | None:
     return int(items[0]), int(items[1])
 
 
-def _unit_float(x: np.ndarray, source: str) -> np.ndarray:
+def unit_float(x: np.ndarray, source: str) -> np.ndarray:
     """uint8 ``0..255`` -> float32 ``/ 255``; floats -> float32 as they are (range checked later)."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255.0)
@@ -107,7 +92,7 @@ def _unit_float(x: np.ndarray, source: str) -> np.ndarray:
     raise InputError(f"{source}: images have dtype {x.dtype}; expected uint8 (0-255) or float (0-1)")
 
 
-def _labels(y: np.ndarray, n_images: int, source: str) -> np.ndarray:
+def check_labels(y: np.ndarray, n_images: int, source: str) -> np.ndarray:
     """Validate labels: shape ``(N,)`` (or ``(N, 1)``), integral values; return int64 ``(N,)``."""
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]  # column vectors are common (e.g. SVHN .mat exports)
@@ -152,7 +137,7 @@ def to_nchw(x: np.ndarray, layout: str | None, source: str) -> np.ndarray:
     return x
 
 
-def _make_dataset(
+def make_dataset(
     x: np.ndarray, y: np.ndarray, classes: list[str] | None, name: str, meta: dict[str, Any]
 ) -> ImageDataset:
     """Wrap checked float32 ``(N, C, H, W)`` images and int64 labels; ImageDataset checks range and NaN."""

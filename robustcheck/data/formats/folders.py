@@ -1,10 +1,7 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
-
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+"""Reading image files: class-per-subfolder image folders (:func:`load_image_folder`), photos listed in a
+``labels.csv`` (:func:`load_labelled_photos`), the single-image decoding the other readers share
+(:func:`pil_to_hwc`, :func:`decode_image`) and the folder listings that tell a folder's layout
+(:func:`class_dirs`, :func:`image_files`).
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ import torch
 from PIL import Image
 
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.data.formats.common import _make_dataset, _reason
+from robustcheck.data.formats.common import make_dataset, reason
 from robustcheck.errors import InputError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
@@ -26,16 +23,11 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
-# --------------------------------------------------------------------------------------------
-# Image folders (and single PIL images, shared with the foolbox samples and torchvision)
-# --------------------------------------------------------------------------------------------
-
-
-def _class_dirs(folder: Path) -> list[Path]:
+def class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Image files in ``folder`` by suffix, sorted; other files (notes, thumbnails DBs) are skipped."""
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
@@ -48,7 +40,7 @@ def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as im:
             return im.mode, (im.height, im.width)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error ...) on bad files
-        raise InputError(f"{path}: not a readable image ({_reason(exc)})") from exc
+        raise InputError(f"{path}: not a readable image ({reason(exc)})") from exc
 
 
 def pil_to_hwc(im: Image.Image, grey: bool, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -74,13 +66,13 @@ def pil_to_hwc(im: Image.Image, grey: bool, size: tuple[int, int] | None = None)
     return arr
 
 
-def _decode_image(path: Path, grey: bool, size: tuple[int, int] | None) -> np.ndarray:
+def decode_image(path: Path, grey: bool, size: tuple[int, int] | None) -> np.ndarray:
     """Decode one file with :func:`pil_to_hwc`; any decoder failure becomes an InputError naming it."""
     try:
         with Image.open(path) as im:
             return pil_to_hwc(im, grey, size)
     except Exception as exc:  # truncated JPEG/PNG data surfaces only here, as OSError, SyntaxError, ...
-        raise InputError(f"{path}: unreadable image ({_reason(exc)})") from exc
+        raise InputError(f"{path}: unreadable image ({reason(exc)})") from exc
 
 
 def _interleave(per_class: list[list[Path]]) -> list[tuple[Path, int]]:
@@ -102,8 +94,8 @@ def load_image_folder(
     share one size; with ``size=(H, W)`` each is resized.
     """
     name = name or str(folder)
-    class_dirs = _class_dirs(folder)
-    samples = _interleave([_image_files(d) for d in class_dirs])[:limit]
+    dirs = class_dirs(folder)
+    samples = _interleave([image_files(d) for d in dirs])[:limit]
     if not samples:
         raise InputError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class subfolders")
     headers = [_image_header(path) for path, _ in samples]
@@ -120,10 +112,10 @@ def load_image_folder(
     # Preallocate: the headers told us the final shape, so peak memory is one copy of the data.
     x = np.empty((len(samples), height, width, 1 if grey else 3), dtype=np.float32)
     for i, (path, _) in enumerate(samples):
-        x[i] = _decode_image(path, grey, size)
+        x[i] = decode_image(path, grey, size)
     y = np.array([label for _, label in samples], dtype=np.int64)
     meta = {"format": "image-folder", "path": str(folder), "files": [str(p.relative_to(folder)) for p, _ in samples]}
-    return _make_dataset(x.transpose(0, 3, 1, 2), y, [d.name for d in class_dirs], name, meta)
+    return make_dataset(x.transpose(0, 3, 1, 2), y, [d.name for d in dirs], name, meta)
 
 
 def load_labelled_photos(folder: Path | str, size: int = 256, limit: int | None = None) -> ImageDataset:

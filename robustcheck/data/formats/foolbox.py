@@ -1,10 +1,6 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
-
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+"""The sample images that ship inside foolbox, read without importing foolbox: 20 labelled ImageNet,
+CIFAR-10, CIFAR-100 and MNIST samples each (:func:`foolbox_imagenet`, :func:`foolbox_cifar10`,
+:func:`foolbox_cifar100`, :func:`foolbox_mnist`) and the raw photos (:func:`foolbox_photos`).
 """
 
 from __future__ import annotations
@@ -18,17 +14,12 @@ import numpy as np
 
 from robustcheck.data.builtin import DIGIT_CLASSES
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.data.formats.common import CIFAR10_CLASSES, _check_size, _make_dataset
-from robustcheck.data.formats.folders import _decode_image
+from robustcheck.data.formats.common import CIFAR10_CLASSES, check_size, make_dataset
+from robustcheck.data.formats.folders import decode_image
 from robustcheck.errors import InputError
 
 FOOLBOX_IMAGENET_SIZE = 224
 FOOLBOX_SAMPLE_NAME = re.compile(r"^(?P<set>[A-Za-z0-9]+)_(?P<index>\d+)_(?P<label>\d+)\.(png|jpe?g)$")
-
-
-# --------------------------------------------------------------------------------------------
-# Sample images shipped inside foolbox
-# --------------------------------------------------------------------------------------------
 
 
 def _foolbox_data_dir() -> Path:
@@ -56,7 +47,7 @@ def _foolbox_files(dataset: str) -> list[tuple[int, int, Path]]:
 
 def foolbox_photos(dataset: str = "imagenet") -> list[np.ndarray]:
     """foolbox's ``dataset`` sample images as float32 ``(H, W, 3)`` arrays in ``[0, 1]``, each at its stored size."""
-    return [_decode_image(path, False, None) for _, _, path in _foolbox_files(dataset)]
+    return [decode_image(path, False, None) for _, _, path in _foolbox_files(dataset)]
 
 
 def _foolbox_samples(dataset: str, classes: list[str] | None, name: str, size: tuple[int, int] | None = None) -> ImageDataset:
@@ -64,15 +55,15 @@ def _foolbox_samples(dataset: str, classes: list[str] | None, name: str, size: t
     folder = _foolbox_data_dir()
     found = _foolbox_files(dataset)
     grey = dataset == "mnist"
-    x = np.stack([_decode_image(path, grey, size) for _, _, path in found]).transpose(0, 3, 1, 2)
+    x = np.stack([decode_image(path, grey, size) for _, _, path in found]).transpose(0, 3, 1, 2)
     y = np.array([label for _, label, _ in found], dtype=np.int64)
     meta = {"format": "foolbox-samples", "path": str(folder), "files": [p.name for _, _, p in found]}
-    return _make_dataset(x, y, classes, name, meta)
+    return make_dataset(x, y, classes, name, meta)
 
 
 def foolbox_imagenet(size: int = FOOLBOX_IMAGENET_SIZE) -> ImageDataset:
     """foolbox's 20 labelled ImageNet samples resized to 3x224x224 in [0, 1] (labels 0-999, unnamed)."""
-    checked = _check_size(size)
+    checked = check_size(size)
     return _foolbox_samples("imagenet", None, "foolbox-imagenet", checked)
 
 

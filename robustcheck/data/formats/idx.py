@@ -1,10 +1,5 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
-
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+"""Reading MNIST-style IDX files, plain or gzip: one file (:func:`read_idx`) or an images/labels pair
+(:func:`load_idx`), and finding the pair in a folder or beside one of its files.
 """
 
 from __future__ import annotations
@@ -21,29 +16,27 @@ import numpy as np
 
 from robustcheck.data.builtin import DIGIT_CLASSES
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.data.formats.common import (
-    IDX_TYPES,
-    _describe_start,
-    _make_dataset,
-    _read_start,
-    _reason,
-    _unit_float,
-)
+from robustcheck.data.formats.common import describe_start, make_dataset, read_start, reason, unit_float
 from robustcheck.errors import InputError
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (N, rows, cols)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
 IDX_IMAGES_NAME = re.compile(r"^(?P<split>t10k|train)-images[-.]idx3-ubyte(\.gz)?$")
 
-
-# --------------------------------------------------------------------------------------------
-# MNIST idx
-# --------------------------------------------------------------------------------------------
+# IDX header byte 3 -> element type (big-endian); MNIST uses 0x08 for both images and labels.
+IDX_TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def _open_maybe_gzip(path: Path) -> IO[bytes]:
     """Open for reading, decompressing when the content (not the suffix) is gzip."""
-    if _read_start(path, 2) == b"\x1f\x8b":
+    if read_start(path, 2) == b"\x1f\x8b":
         return gzip.open(path, "rb")
     return path.open("rb")
 
@@ -61,7 +54,7 @@ def read_idx(path: Path, magic: int, limit: int | None = None) -> tuple[np.ndarr
             found = int.from_bytes(header, "big") if len(header) == 4 else None
             if found != magic:
                 # IDX magic numbers start with two zero bytes; anything else is not IDX at all.
-                what = f"magic number 0x{found:08x}" if header[:2] == b"\0\0" else _describe_start(header + f.read(60))
+                what = f"magic number 0x{found:08x}" if header[:2] == b"\0\0" else describe_start(header + f.read(60))
                 raise InputError(f"{path}: not an IDX file of the expected kind: {what}, expected 0x{magic:08x}")
             dims_bytes = f.read(4 * ndim)
             if len(dims_bytes) != 4 * ndim:
@@ -72,14 +65,14 @@ def read_idx(path: Path, magic: int, limit: int | None = None) -> tuple[np.ndarr
             nbytes = n * math.prod(dims[1:]) * dtype.itemsize
             data = f.read(nbytes)
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: unreadable or truncated ({_reason(exc)})") from exc
+        raise InputError(f"{path}: unreadable or truncated ({reason(exc)})") from exc
     if len(data) != nbytes:
         raise InputError(f"{path}: truncated: header announces {dims[0]} entries but the data ends after {len(data)} bytes")
     arr = np.frombuffer(bytearray(data), dtype=dtype).reshape((n, *dims[1:]))
     return arr.astype(dtype.newbyteorder("=")), dims[0]
 
 
-def _idx_pair_in_folder(folder: Path, split: str) -> tuple[Path, Path]:
+def idx_pair_in_folder(folder: Path, split: str) -> tuple[Path, Path]:
     prefix = "t10k" if split == "test" else "train"
     names = sorted(p.name for p in folder.iterdir())
     images = [n for n in names if (m := IDX_IMAGES_NAME.match(n)) and m["split"] == prefix]
@@ -89,10 +82,10 @@ def _idx_pair_in_folder(folder: Path, split: str) -> tuple[Path, Path]:
             f"{folder}: no {split} images ({prefix}-images-idx3-ubyte[.gz]); "
             f"found only the other split, pass split={other}"
         )
-    return _idx_pair_for_file(folder / images[0])
+    return idx_pair_for_file(folder / images[0])
 
 
-def _idx_pair_for_file(path: Path) -> tuple[Path, Path]:
+def idx_pair_for_file(path: Path) -> tuple[Path, Path]:
     """``(images, labels)`` for an idx images or labels file, finding its partner beside it."""
     images_name = path.name.replace("labels", "images").replace("idx1", "idx3")
     labels_name = path.name.replace("images", "labels").replace("idx3", "idx1")
@@ -115,5 +108,5 @@ def load_idx(images: Path, labels: Path, limit: int | None = None, name: str | N
         raise InputError(f"{labels}: {n_labels} labels but {images.name} holds {n_images} images")
     classes = DIGIT_CLASSES if len(y) == 0 or int(y.max()) < len(DIGIT_CLASSES) else None
     meta = {"format": "idx", "path": str(images), "labels": str(labels)}
-    return _make_dataset(_unit_float(x[:, None], str(images)), y.astype(np.int64), classes, name or str(images), meta)
+    return make_dataset(unit_float(x[:, None], str(images)), y.astype(np.int64), classes, name or str(images), meta)
 

@@ -1,10 +1,8 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
+"""Reading ``.npz`` archives of labelled images: arrays ``x``, ``y`` and optional ``classes``
+(:func:`load_npz`).
 
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+Pickled members are refused (loading a file must not run code); with ``limit``, only the first rows of a
+C-ordered member are decompressed.
 """
 
 from __future__ import annotations
@@ -19,29 +17,25 @@ import numpy as np
 
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.data.formats.common import (
-    _describe_start,
-    _labels,
-    _make_dataset,
-    _read_start,
-    _reason,
-    _unit_float,
+    check_labels,
+    describe_start,
+    make_dataset,
+    read_start,
+    reason,
     to_nchw,
+    unit_float,
 )
 from robustcheck.errors import InputError
-
-# --------------------------------------------------------------------------------------------
-# .npz
-# --------------------------------------------------------------------------------------------
 
 
 def load_npz(path: Path, limit: int | None = None, layout: str | None = None) -> ImageDataset:
     """Read ``x``, ``y`` and optional ``classes`` from an ``.npz`` archive (see :func:`load_path`)."""
     source = str(path)
-    head = _read_start(path)
+    head = read_start(path)
     if head.startswith(b"\x93NUMPY"):
         raise InputError(f"{source}: holds a single .npy array, not an .npz archive; save with np.savez(path, x=..., y=...)")
     if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        raise InputError(f"{source}: not an .npz archive: {_describe_start(head)}")
+        raise InputError(f"{source}: not an .npz archive: {describe_start(head)}")
     # We open the file ourselves: np.load leaks its handle when the zip directory is unreadable.
     with path.open("rb") as f, _open_npz(f, source) as npz:
         missing = [k for k in ("x", "y") if k not in npz.files]
@@ -53,9 +47,9 @@ def load_npz(path: Path, limit: int | None = None, layout: str | None = None) ->
         classes = _npz_classes(npz, source) if "classes" in npz.files else None
     if n_x != n_y:
         raise InputError(f"{source}: x has {n_x} images but y has {n_y} labels")
-    images = _unit_float(to_nchw(x, layout, source), source)
-    labels = _labels(y, len(images), source)
-    return _make_dataset(images, labels, classes, source, {"format": "npz", "path": source})
+    images = unit_float(to_nchw(x, layout, source), source)
+    labels = check_labels(y, len(images), source)
+    return make_dataset(images, labels, classes, source, {"format": "npz", "path": source})
 
 
 def _open_npz(f: IO[bytes], source: str) -> Any:
@@ -63,7 +57,7 @@ def _open_npz(f: IO[bytes], source: str) -> Any:
     try:
         return np.load(f, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{source}: corrupt or truncated .npz archive ({_reason(exc)})") from exc
+        raise InputError(f"{source}: corrupt or truncated .npz archive ({reason(exc)})") from exc
 
 
 def _npz_array(npz: Any, key: str, limit: int | None, source: str) -> tuple[np.ndarray, int]:
@@ -75,7 +69,7 @@ def _npz_array(npz: Any, key: str, limit: int | None, source: str) -> tuple[np.n
                 return head
         arr = np.asarray(npz[key])
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise InputError(f"{source}: array {key!r} is unreadable ({_reason(exc)})") from exc
+        raise InputError(f"{source}: array {key!r} is unreadable ({reason(exc)})") from exc
     if arr.ndim == 0:
         raise InputError(f"{source}: array {key!r} is a scalar, expected one entry per sample")
     return (arr[:limit] if limit is not None else arr), len(arr)
@@ -108,9 +102,9 @@ def _npz_classes(npz: Any, source: str) -> list[str]:
     try:
         classes = np.asarray(npz["classes"])
     except ValueError as exc:  # object arrays need pickle, which we refuse for untrusted files
-        raise InputError(f"{source}: 'classes' must be an array of strings, not objects ({_reason(exc)})") from exc
+        raise InputError(f"{source}: 'classes' must be an array of strings, not objects ({reason(exc)})") from exc
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise InputError(f"{source}: array 'classes' is unreadable ({_reason(exc)})") from exc
+        raise InputError(f"{source}: array 'classes' is unreadable ({reason(exc)})") from exc
     if classes.ndim != 1:
         raise InputError(f"{source}: 'classes' must be a 1-D array of names, got shape {classes.shape}")
     return [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]

@@ -1,10 +1,6 @@
-"""Reading labelled images from files: ``.npz``, image folders, MNIST idx, CIFAR-10 python batches,
-torchvision data sets and the sample images that ship inside foolbox.
-
-Every loader returns an :class:`~robustcheck.data.dataset.ImageDataset`: float32 images ``(N, C, H, W)`` in
-``[0, 1]`` and int64 labels ``(N,)``. Every failure is an :class:`~robustcheck.errors.InputError` (bad
-file) or :class:`~robustcheck.errors.UsageError` (bad parameter) whose one-line message names the
-file and the problem; errors from numpy, gzip, pickle or PIL never escape raw.
+"""Converting ``(image, label)`` sequences into an :class:`~robustcheck.data.dataset.ImageDataset`:
+any indexable sequence (:func:`dataset_from_pairs`) and torchvision data sets already on disk
+(:func:`torchvision_dataset`; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -21,13 +17,9 @@ import torch
 from PIL import Image
 
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.data.formats.common import _check_limit, _make_dataset, _reason, _unit_float, to_nchw
+from robustcheck.data.formats.common import check_limit, make_dataset, reason, to_nchw, unit_float
 from robustcheck.data.formats.folders import GREY_MODES, pil_to_hwc
 from robustcheck.errors import InputError, UsageError, suggest
-
-# --------------------------------------------------------------------------------------------
-# Generic (image, label) sequences and torchvision
-# --------------------------------------------------------------------------------------------
 
 
 def _item_to_chw(image: Any, index: int, source: str) -> np.ndarray:
@@ -40,7 +32,7 @@ def _item_to_chw(image: Any, index: int, source: str) -> np.ndarray:
         raise InputError(f"{source}: item {index} is a {type(image).__name__}, expected a PIL image, array or tensor")
     if image.ndim not in (2, 3):
         raise InputError(f"{source}: item {index} has shape {image.shape}, expected (H, W), (H, W, C) or (C, H, W)")
-    return _unit_float(to_nchw(image[None], None, f"{source} item {index}"), f"{source} item {index}")[0]
+    return unit_float(to_nchw(image[None], None, f"{source} item {index}"), f"{source} item {index}")[0]
 
 
 def _item_label(label: Any, index: int, source: str) -> int:
@@ -62,11 +54,11 @@ def dataset_from_pairs(
     Images are PIL images or arrays/tensors ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` (uint8 0-255 or
     float 0-1) and must all share one size; grey items are widened to RGB when others are colour.
     """
-    limit = _check_limit(limit)
+    limit = check_limit(limit)
     try:
         count = len(items)
     except TypeError as exc:
-        raise InputError(f"{name}: data set has no length ({_reason(exc)})") from exc
+        raise InputError(f"{name}: data set has no length ({reason(exc)})") from exc
     count = count if limit is None else min(limit, count)
     images: list[np.ndarray] = []
     labels: list[int] = []
@@ -74,7 +66,7 @@ def dataset_from_pairs(
         try:
             image, label = items[i]
         except Exception as exc:  # a data set's __getitem__ may fail in any way (missing file, bad transform)
-            raise InputError(f"{name}: item {i} is not an (image, label) pair ({_reason(exc)})") from exc
+            raise InputError(f"{name}: item {i} is not an (image, label) pair ({reason(exc)})") from exc
         images.append(_item_to_chw(image, i, name))
         labels.append(_item_label(label, i, name))
     if not images:
@@ -86,7 +78,7 @@ def dataset_from_pairs(
         if a.shape != images[0].shape:
             raise InputError(f"{name}: item {i} has shape {a.shape} but item 0 has {images[0].shape}; resize in a transform")
     class_list = [str(c) for c in classes] if classes is not None else None
-    return _make_dataset(np.stack(images), np.array(labels, dtype=np.int64), class_list, name, {"format": "pairs"})
+    return make_dataset(np.stack(images), np.array(labels, dtype=np.int64), class_list, name, {"format": "pairs"})
 
 
 def _import_torchvision() -> Any:
@@ -94,7 +86,7 @@ def _import_torchvision() -> Any:
         return importlib.import_module("torchvision")
     except Exception as exc:  # a torchvision built for another torch fails with RuntimeError/OSError, not ImportError
         raise InputError(
-            f"torchvision is not importable ({_reason(exc)}); install the torchvision build matching torch {torch.__version__}"
+            f"torchvision is not importable ({reason(exc)}); install the torchvision build matching torch {torch.__version__}"
         ) from exc
 
 
@@ -105,7 +97,7 @@ def torchvision_dataset(name: str, root: str | None = None, train: bool = False,
     Data sets with a ``split`` argument instead of ``train`` (SVHN, ImageNet) take ``split=...`` in ``kw``.
     """
     source = f"torchvision:{name}"
-    limit = _check_limit(kw.pop("limit", None))
+    limit = check_limit(kw.pop("limit", None))
     if root is None:
         raise InputError(f"{source}: needs root=DIR, the folder holding the already downloaded data (downloads are off)")
     if not Path(root).is_dir():
@@ -119,7 +111,7 @@ def torchvision_dataset(name: str, root: str | None = None, train: bool = False,
     try:
         ds = factory(root, **args)
     except Exception as exc:  # torchvision reports missing/corrupt files as RuntimeError, OSError, ...
-        raise InputError(f"{source}: cannot load from {root} ({_reason(exc)})") from exc
+        raise InputError(f"{source}: cannot load from {root} ({reason(exc)})") from exc
     classes = getattr(ds, "classes", None)
     return dataset_from_pairs(ds, source, classes if isinstance(classes, (list, tuple)) else None, limit)
 

@@ -1,0 +1,1 @@
+"""Caption attacks on CNN+LSTM captioners: the probes, the GAN, target goals and result tables."""

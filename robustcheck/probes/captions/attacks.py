@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -36,8 +36,11 @@ import torch
 from robustcheck.api import Probe, ProbeResult, RunContext
 from robustcheck.data.captions import CaptionDataset, as_caption_data
 from robustcheck.data.dataset import ImageDataset
+from robustcheck.data.loading import load_data
 from robustcheck.errors import ProbeTimeout, UsageError
 from robustcheck.models.captioner import ImageCaptioner
+from robustcheck.models.loading import load_model
+from robustcheck.params import Param
 from robustcheck.probes.captions import results as report
 from robustcheck.probes.captions.gan import (
     Discriminator,
@@ -83,49 +86,34 @@ class CaptionAttack(Probe):
         "1 - targeted success rate at the largest epsilon (fraction of unseen images whose adversarial "
         "caption is not exactly the attacker's target caption)."
     )
-    common_defaults: ClassVar[dict[str, Any]] = {
-        "epsilons": DEFAULT_EPSILONS,
-        "mode": "both",
-        "keyword": None,
-        "transfer_model": "auto",
-        "examples": 4,
-    }
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.defaults = {**CaptionAttack.common_defaults, **cls.defaults}
-
-    def validate(self) -> None:
-        p = self.params
-        eps = p["epsilons"]
-        if (
-            not isinstance(eps, list)
-            or not eps
-            or not all(isinstance(e, (int, float)) and 0 < e < math.inf for e in eps)
-        ):
-            raise UsageError(
-                f"probe {self.name!r}: epsilons must be a non-empty list of positive finite numbers, got {eps}"
-            )
-        p["epsilons"] = sorted(float(e) for e in eps)
-        if p["mode"] not in ("both", *MODES):
-            raise UsageError(
-                f"probe {self.name!r}: mode must be 'both', 'targeted' or 'keyword', got {p['mode']!r}"
-            )
-        keyword = p["keyword"]
-        if keyword is not None and (not isinstance(keyword, str) or not keyword or len(keyword.split()) != 1):
-            raise UsageError(f"probe {self.name!r}: keyword must be one word, got {keyword!r}")
-        if p["examples"] < 0:
-            raise UsageError(f"probe {self.name!r}: examples must be >= 0, got {p['examples']}")
-
-    def _require_at_least_one(self, *keys: str) -> None:
-        """Raise :class:`UsageError` for any of the integer params ``keys`` below 1."""
-        for key in keys:
-            if self.params[key] < 1:
-                raise UsageError(f"probe {self.name!r}: {key} must be >= 1, got {self.params[key]}")
+    epsilons = Param(
+        DEFAULT_EPSILONS,
+        "L-inf budgets in image units, attacked from the smallest up (the largest gives the score)",
+        gt=0,
+        min_items=1,
+        sort=True,
+    )
+    mode = Param(
+        "both", "evaluation: exact target caption, keyword injection or both", choices=("both", *MODES)
+    )
+    keyword = Param(
+        None,
+        "the word keyword mode injects (none: drawn per sample from the data's captions)",
+        type=str,
+        check=lambda word: len(word.split()) == 1,
+        check_doc="one word",
+    )
+    transfer_model = Param(
+        "auto",
+        "model spec of a second captioner that captions the same adversarials (auto: the built-in pair; none: off)",
+        optional=True,
+    )
+    examples = Param(4, "example images per mode in the report", ge=0)
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return MODES if self.params["mode"] == "both" else (self.params["mode"],)
+        return MODES if self.mode == "both" else (self.mode,)
 
     # -- to implement --------------------------------------------------------------------------
     def prepare(
@@ -142,7 +130,7 @@ class CaptionAttack(Probe):
         self.check_requirements(model)
         data = as_caption_data(data)
         model.validate(data.x, what=f"data {data.name!r}")
-        keyword = self.params["keyword"]
+        keyword = self.keyword
         if keyword is not None and keyword not in model.vocabulary.words:
             raise UsageError(
                 f"probe {self.name!r}: keyword {keyword!r} is not a word of captioner {model.name!r}"
@@ -162,19 +150,17 @@ class CaptionAttack(Probe):
         context: RunContext,
     ) -> tuple[list[Evaluation], str, str]:
         """:meth:`prepare`, then :meth:`evaluate`; returns the evaluations to report (this method's first)."""
-        evaluation = Evaluation(self.method, self.params["epsilons"])
+        evaluation = Evaluation(self.method, self.epsilons)
         self.prepare(model, data, evaluation, context)
         status, message = self.evaluate(model, transfer, data, plan, evaluation, context)
         return [evaluation], status, message
 
     def _transfer_model(self, model: ImageCaptioner) -> ImageCaptioner | None:
-        spec = self.params["transfer_model"]
+        spec = self.transfer_model
         if spec == "auto":  # the built-in pair: attack one, caption with the other
             spec = AUTO_TRANSFER.get(model.name)
         if spec is None:
             return None
-        from robustcheck.models.loading import load_model  # loading imports the plugin registry: import late
-
         other = load_model(spec)
         if not isinstance(other, ImageCaptioner):
             raise UsageError(f"probe {self.name!r}: transfer_model {spec!r} is not a captioner")
@@ -217,7 +203,7 @@ class CaptionAttack(Probe):
                 self._record(evaluation, (mode, 0.0), model, transfer, x, x)
                 success = success_fn(model, plan.subset(sub), references, mode)
                 batch = AttackBatch(x, data.x[tgt].to(model.device), tokens[tgt], success)
-                for eps in self.params["epsilons"]:
+                for eps in self.epsilons:
                     begin = time.perf_counter()
                     adv = self.attack(model, batch, eps)
                     evaluation.attack_seconds += time.perf_counter() - begin
@@ -274,7 +260,7 @@ class CaptionAttack(Probe):
             1.0 - targeted if targeted is not None else None,
             metrics,
             report.records(main, plan, references, self.modes),
-            report.artifacts(main, data, plan, references, self.modes, self.params["examples"]),
+            report.artifacts(main, data, plan, references, self.modes, self.examples),
             status=status,
             message=message,
             tables=[report.comparison_table(evaluations, plan, references, self.modes, other_name)],
@@ -301,31 +287,28 @@ class CaptionGAN(CaptionAttack):
     method = "gan"
     #: the generator trained by the last :meth:`prepare` (``None`` before the first run).
     generator: PerturbationGenerator | None = None
-    defaults: ClassVar[dict[str, Any]] = {
-        "steps": 400,
-        "batch_size": 32,
-        "lr": 2e-3,
-        "max_train_seconds": None,
-        "gan_weight": 0.01,
-        "norm_weight": 0.1,
-        "norm_bound": 0.8,
-        "width": 16,
-        "train_data": "auto",
-        "train_samples": 2000,
-        "compare_pgd": False,
-        "pgd_steps": 50,
-    }
 
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        self._require_at_least_one("steps", "batch_size", "width", "train_samples", "pgd_steps")
-        for key in ("lr", "max_train_seconds"):
-            if p[key] is not None and not p[key] > 0:
-                raise UsageError(f"probe {self.name!r}: {key} must be positive, got {p[key]}")
-        for key in ("gan_weight", "norm_weight", "norm_bound"):
-            if not p[key] >= 0:
-                raise UsageError(f"probe {self.name!r}: {key} must be >= 0, got {p[key]}")
+    steps = Param(400, "generator training steps", ge=1)
+    batch_size = Param(32, "images per generator training step", ge=1)
+    lr = Param(2e-3, "Adam learning rate of generator and discriminator", gt=0)
+    max_train_seconds = Param(
+        None,
+        "cap on generator training time (none: off; results then depend on machine speed)",
+        type=float,
+        gt=0,
+    )
+    gan_weight = Param(0.01, "weight of the GAN loss (0: no discriminator)", ge=0)
+    norm_weight = Param(0.1, "weight of the L2 hinge on the perturbation", ge=0)
+    norm_bound = Param(
+        0.8, "share of the largest L2 norm the L-inf ball allows above which the hinge penalises", ge=0
+    )
+    width = Param(16, "channels of the generator's first layers", ge=1)
+    train_data = Param(
+        "auto", "data spec of the generator's training images (auto: the attacked data's training split)"
+    )
+    train_samples = Param(2000, "training images used", ge=1)
+    compare_pgd = Param(False, "also run caption-pgd on the same samples and targets for comparison")
+    pgd_steps = Param(50, "steps of the caption-pgd comparison", ge=1)
 
     def evaluations(
         self,
@@ -337,13 +320,12 @@ class CaptionGAN(CaptionAttack):
     ) -> tuple[list[Evaluation], str, str]:
         """The GAN's evaluation; with ``compare_pgd``, then the PGD baseline's on the same samples and targets."""
         evaluations, status, message = super().evaluations(model, transfer, data, plan, context)
-        if not self.params["compare_pgd"] or status != "ok":
+        if not self.compare_pgd or status != "ok":
             return evaluations, status, message
-        p = self.params
         baseline = CaptionPGD(
-            epsilons=p["epsilons"], mode=p["mode"], keyword=p["keyword"], steps=p["pgd_steps"]
+            epsilons=self.epsilons, mode=self.mode, keyword=self.keyword, steps=self.pgd_steps
         )
-        pgd = Evaluation(baseline.method, p["epsilons"])
+        pgd = Evaluation(baseline.method, self.epsilons)
         try:
             status, message = baseline.evaluate(model, transfer, data, plan, pgd, context)
         except ProbeTimeout as exc:
@@ -354,7 +336,7 @@ class CaptionGAN(CaptionAttack):
 
     def _train_data(self, data: CaptionDataset) -> CaptionDataset:
         """The training images: ``train_data``, or the split named by ``data.meta["train_data"]``."""
-        spec = self.params["train_data"]
+        spec = self.train_data
         if spec == "auto":
             spec = data.meta.get("train_data")
             if spec is None:
@@ -362,13 +344,9 @@ class CaptionGAN(CaptionAttack):
                     f"probe {self.name!r} trains its generator on other images than it attacks: data {data.name!r} "
                     "names no training split, pass train_data=SPEC"
                 )
-        from robustcheck.data.loading import load_data
-
         # digits-scenes renders exactly the scenes asked for; other sources are cut to train_samples
-        options = (
-            {"n": self.params["train_samples"]} if str(spec).partition(":")[0] == "digits-scenes" else {}
-        )
-        return as_caption_data(load_data(str(spec), **options)).head(self.params["train_samples"])
+        options = {"n": self.train_samples} if str(spec).partition(":")[0] == "digits-scenes" else {}
+        return as_caption_data(load_data(str(spec), **options)).head(self.train_samples)
 
     def prepare(
         self, model: ImageCaptioner, data: CaptionDataset, evaluation: Evaluation, context: RunContext
@@ -377,16 +355,19 @@ class CaptionGAN(CaptionAttack):
         ``max_train_seconds`` if set; the run's deadline during training is a timeout."""
         train = self._train_data(data)
         model.validate(train.x, what=f"training data {train.name!r}")
-        p = self.params
         begin = time.perf_counter()
-        cap_at = begin + p["max_train_seconds"] if p["max_train_seconds"] is not None else math.inf
-        deadline_at = begin + (context.deadline - time.monotonic()) if context.deadline is not None else math.inf
-        settings = GANSettings(**{f.name: p[f.name] for f in fields(GANSettings)})
-        self.generator, evaluation.train_steps = train_gan(
-            model, train.x, p["epsilons"], settings, context.generator(), min(cap_at, deadline_at)
+        cap_at = begin + self.max_train_seconds if self.max_train_seconds is not None else math.inf
+        deadline_at = (
+            begin + (context.deadline - time.monotonic()) if context.deadline is not None else math.inf
         )
-        if evaluation.train_steps < p["steps"] and deadline_at < cap_at:
-            raise ProbeTimeout(f"time budget spent after {evaluation.train_steps} of {p['steps']} generator training steps")
+        settings = GANSettings(**{f.name: getattr(self, f.name) for f in fields(GANSettings)})
+        self.generator, evaluation.train_steps = train_gan(
+            model, train.x, self.epsilons, settings, context.generator(), min(cap_at, deadline_at)
+        )
+        if evaluation.train_steps < self.steps and deadline_at < cap_at:
+            raise ProbeTimeout(
+                f"time budget spent after {evaluation.train_steps} of {self.steps} generator training steps"
+            )
         evaluation.train_seconds = time.perf_counter() - begin
 
     @torch.no_grad()
@@ -407,62 +388,46 @@ class CaptionPGD(CaptionAttack):
 
     name = "caption-pgd"
     method = "pgd"
-    defaults: ClassVar[dict[str, Any]] = {
-        "steps": 50,
-        "step_fraction": 0.1,
-        "feature_weight": 1.0,
-        "caption_weight": 1.0,
-        "check_every": 10,
-    }
+
+    steps = Param(50, "PGD steps per image and epsilon", ge=1)
+    step_fraction = Param(0.1, "step size as a fraction of eps", gt=0, le=1)
+    feature_weight = Param(1.0, "weight of the feature-mimicking loss", ge=0)
+    caption_weight = Param(1.0, "weight of the target caption's negative log-likelihood per word", ge=0)
+    check_every = Param(10, "steps between success checks (an image stops once it succeeds)", ge=1)
 
     def validate(self) -> None:
-        super().validate()
-        p = self.params
-        self._require_at_least_one("steps", "check_every")
-        if not 0 < p["step_fraction"] <= 1:
-            raise UsageError(
-                f"probe {self.name!r}: step_fraction must lie in (0, 1], got {p['step_fraction']}"
-            )
-        if (
-            p["feature_weight"] < 0
-            or p["caption_weight"] < 0
-            or p["feature_weight"] + p["caption_weight"] == 0
-        ):
-            raise UsageError(
-                f"probe {self.name!r}: feature_weight and caption_weight must be >= 0 and not both 0"
-            )
+        if self.feature_weight + self.caption_weight == 0:
+            raise UsageError("feature_weight and caption_weight must not both be 0")
 
     def _loss(
         self, model: ImageCaptioner, adv: torch.Tensor, target: torch.Tensor, target_tokens: torch.Tensor
     ) -> torch.Tensor:
         """Per-sample objective ``(B,)`` to minimise: weighted feature mimicking plus per-word caption NLL."""
-        p = self.params
         features = model.encode(adv)
-        loss = p["feature_weight"] * feature_loss(features, target)
-        if p["caption_weight"] > 0:
+        loss = self.feature_weight * feature_loss(features, target)
+        if self.caption_weight > 0:
             words = (target_tokens[:, 1:] != model.vocabulary.pad).sum(1).clamp_min(1)
-            loss = loss - p["caption_weight"] * model.log_likelihood(features, target_tokens) / words
+            loss = loss - self.caption_weight * model.log_likelihood(features, target_tokens) / words
         return loss
 
     def attack(self, model: ImageCaptioner, batch: AttackBatch, eps: float) -> torch.Tensor:
         """Signed-gradient steps on the images not yet successful, projected on the eps ball and bounds."""
-        p = self.params
         x, target_tokens = batch.x, batch.target_tokens
         with model.frozen():
             with torch.no_grad():
                 target = model.encode(batch.x_target)
             adv = x.clone()
             done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-            for step in range(1, p["steps"] + 1):
+            for step in range(1, self.steps + 1):
                 active = ~done
                 adv_a = adv[active].requires_grad_(True)
                 loss = self._loss(model, adv_a, target[active], target_tokens[active]).sum()
                 (grad,) = torch.autograd.grad(loss, adv_a)
                 with torch.no_grad():
                     adv[active] = project(
-                        x[active], adv_a - p["step_fraction"] * eps * grad.sign(), eps, model.bounds
+                        x[active], adv_a - self.step_fraction * eps * grad.sign(), eps, model.bounds
                     )
-                if step % p["check_every"] == 0 or step == p["steps"]:
+                if step % self.check_every == 0 or step == self.steps:
                     done |= batch.success(adv).to(done.device)
                     if done.all():
                         break

@@ -1,0 +1,1 @@
+"""The fooling-images probe: genomes (direct, CPPN), the searches and the recognisability checks."""

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,8 +54,9 @@ import torch
 
 from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, Table
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.errors import InputError, RequirementError, UsageError
+from robustcheck.errors import InputError, RequirementError
 from robustcheck.models.classifier import ImageClassifier
+from robustcheck.params import Param
 from robustcheck.probes.fooling.checks import (
     check_compatible,
     default_transfer_model,
@@ -100,67 +101,41 @@ class Recognisability:
 class FoolingProbe(Probe):
     """Fooling images by MAP-Elites (direct and CPPN encodings) and gradient ascent."""
 
-    name = "fooling"
-    defaults: ClassVar[dict[str, Any]] = {
-        "generator": "all",
-        "generations": 200,
-        "population": 200,
-        "threshold": 0.99,
-        "time_budget": None,  # seconds per generator (None: no limit besides the run's budget)
-        "mutation_rate": 0.1,
-        "mutation_eta": 15.0,
-        "crossover_rate": 0.5,
-        "crossover_eta": 10.0,
-        "cppn_max_hidden": 16,
-        "ascent_max_lr": 1e12,
-        "ascent_decay": 0.0,
-        "transfer_model": "auto",  # a model spec, "auto" (built-in pairs) or "none"
-        "transfer_normalize": True,
-    }
+    name = "fooling"  # also the registry name; error messages of direct instances use it
+    generator = Param("all", "which generator to run ('all': each in turn)", choices=(*GENERATORS, "all"))
+    generations = Param(200, "generations per generator (0: score the random start only)", ge=0)
+    population = Param(
+        200, "genomes per generation (gradient ascent: population // classes starts per class)", ge=1
+    )
+    threshold = Param(0.99, "confidence at which a class counts as fooled", gt=0.0, lt=1.0)
+    time_budget = Param(
+        None, "seconds per generator (none: no limit besides the run's budget)", type=float, gt=0.0
+    )
+    mutation_rate = Param(0.1, "per-gene mutation probability of the direct encoding", ge=0.0, le=1.0)
+    mutation_eta = Param(15.0, "polynomial-mutation distribution index of the direct encoding", gt=0.0)
+    crossover_rate = Param(
+        0.5, "probability that a parent pair is crossed by SBX (0 disables)", ge=0.0, le=1.0
+    )
+    crossover_eta = Param(10.0, "SBX distribution index of the direct encoding", gt=0.0)
+    cppn_max_hidden = Param(16, "hidden node slots per CPPN genome", ge=0)
+    ascent_max_lr = Param(1e12, "largest step size of gradient ascent", gt=0.0)
+    ascent_decay = Param(0.0, "L2 decay towards the centre of the bounds per ascent step", ge=0.0, lt=1.0)
+    transfer_model = Param(
+        "auto",
+        "second model of the transfer check: a model spec, 'auto' (built-in pairs) or none",
+        optional=True,
+    )
+    transfer_normalize = Param(
+        True, "set polarity and stretch contrast when converting images for the transfer model"
+    )
     score_doc = (
         "1 - fraction of classes for which the best generator found an image the model gives that class "
         "with at least `threshold` confidence (0 = every class can be fooled)."
     )
 
-    # -- parameters ----------------------------------------------------------------------------
-    def validate(self) -> None:
-        p = self.params
-        if p["generator"] not in (*GENERATORS, "all"):
-            raise UsageError(
-                f"probe 'fooling': generator must be one of {', '.join(GENERATORS)} or 'all', got {p['generator']!r}"
-            )
-        if not 0.0 < p["threshold"] < 1.0:
-            raise UsageError(
-                f"probe 'fooling': threshold must lie strictly between 0 and 1, got {p['threshold']}"
-            )
-        if p["population"] < 1:
-            raise UsageError(f"probe 'fooling': population must be at least 1, got {p['population']}")
-        if p["generations"] < 0:
-            raise UsageError(f"probe 'fooling': generations must be 0 or more, got {p['generations']}")
-        budget = p["time_budget"]
-        if budget is not None and (
-            isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0
-        ):
-            raise UsageError(
-                f"probe 'fooling': time_budget must be a positive number of seconds or none, got {budget!r}"
-            )
-        for key in ("mutation_rate", "crossover_rate"):
-            if not 0.0 <= p[key] <= 1.0:
-                raise UsageError(f"probe 'fooling': {key} must lie in [0, 1], got {p[key]}")
-        for key in ("mutation_eta", "crossover_eta", "ascent_max_lr"):
-            if not (math.isfinite(p[key]) and p[key] > 0):
-                raise UsageError(f"probe 'fooling': {key} must be a positive number, got {p[key]}")
-        if not 0.0 <= p["ascent_decay"] < 1.0:
-            raise UsageError(f"probe 'fooling': ascent_decay must lie in [0, 1), got {p['ascent_decay']}")
-        if p["cppn_max_hidden"] < 0:
-            raise UsageError(
-                f"probe 'fooling': cppn_max_hidden must be 0 or more, got {p['cppn_max_hidden']}"
-            )
-
     def generators(self) -> tuple[str, ...]:
         """The generators the ``generator`` parameter names, in run order."""
-        chosen = self.params["generator"]
-        return GENERATORS if chosen == "all" else (chosen,)
+        return GENERATORS if self.generator == "all" else (self.generator,)
 
     def runnable_generators(self, model: ImageClassifier) -> list[str]:
         """:meth:`generators`, less gradient ascent if ``model`` has no gradients (error if none is left)."""
@@ -183,11 +158,11 @@ class FoolingProbe(Probe):
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
         shape = self._image_shape(model, data)
         num_classes = self._num_classes(model, shape)
-        thresholds = sorted({float(self.params["threshold"]), STRICT_THRESHOLD})
+        thresholds = sorted({self.threshold, STRICT_THRESHOLD})
         chosen = self.runnable_generators(model)
         # resolved before the search: a bad transfer-model spec fails at once
         transfer = self._transfer_model(model, num_classes)
-        advance = _progress(context, len(data), len(chosen) * (self.params["generations"] + 1))
+        advance = _progress(context, len(data), len(chosen) * (self.generations + 1))
         traces: list[SearchTrace] = []
         for generator in chosen:
             trace = self._search(generator, model, shape, num_classes, thresholds, context, advance)
@@ -220,13 +195,12 @@ class FoolingProbe(Probe):
         self, generator: str, shape: tuple[int, int, int], bounds: tuple[float, float]
     ) -> DirectEncoding | CppnEncoding:
         """The genome encoding of an evolutionary generator, images ``shape`` ``(C, H, W)`` in ``bounds``."""
-        p = self.params
         if generator == "evolution-direct":
             return DirectEncoding(
-                shape, bounds, p["mutation_rate"], p["mutation_eta"], p["crossover_rate"], p["crossover_eta"]
+                shape, bounds, self.mutation_rate, self.mutation_eta, self.crossover_rate, self.crossover_eta
             )
         if generator == "evolution-cppn":
-            return CppnEncoding(shape, bounds, max_hidden=p["cppn_max_hidden"])
+            return CppnEncoding(shape, bounds, max_hidden=self.cppn_max_hidden)
         raise ValueError(f"{generator!r} is not an evolutionary generator (no genome encoding)")
 
     def _search(
@@ -239,20 +213,19 @@ class FoolingProbe(Probe):
         context: RunContext,
         advance: Callable[[], None],
     ) -> SearchTrace:
-        p = self.params
-        budget = Budget(p["time_budget"], context)
+        budget = Budget(self.time_budget, context)
         rng = self._rng(context.seed, generator)
         if generator == "gradient-ascent":
             settings = AscentSettings(
-                starts_per_class=max(1, p["population"] // num_classes),
-                max_lr=p["ascent_max_lr"],
-                decay=p["ascent_decay"],
+                starts_per_class=max(1, self.population // num_classes),
+                max_lr=self.ascent_max_lr,
+                decay=self.ascent_decay,
             )
             return run_gradient_ascent(
                 model,
                 shape=shape,
                 num_classes=num_classes,
-                generations=p["generations"],
+                generations=self.generations,
                 settings=settings,
                 thresholds=thresholds,
                 rng=rng,
@@ -265,8 +238,8 @@ class FoolingProbe(Probe):
             self.encoding(generator, shape, model.bounds),
             batched_evaluator(model, context.batch_size),
             num_classes=num_classes,
-            population=p["population"],
-            generations=p["generations"],
+            population=self.population,
+            generations=self.generations,
             thresholds=thresholds,
             rng=rng,
             budget=budget,
@@ -278,7 +251,7 @@ class FoolingProbe(Probe):
         """The second model of the transfer check (``None``: none), loaded and checked against ``model``."""
         from robustcheck.models.loading import load_model  # at call time: loading imports the plugin registry
 
-        spec = self.params["transfer_model"]
+        spec = self.transfer_model
         if spec == "auto":
             spec = default_transfer_model(model.name)
         if spec is None or spec == "none":
@@ -302,7 +275,7 @@ class FoolingProbe(Probe):
         prediction = np.full(count, -1)
         if transfer is not None:
             probs = transfer_probabilities(
-                transfer, trace.images, model.bounds, normalize=self.params["transfer_normalize"]
+                transfer, trace.images, model.bounds, normalize=self.transfer_normalize
             )
             confidence = probs[classes, classes].numpy()
             prediction = probs.argmax(1).numpy()
@@ -317,9 +290,7 @@ class FoolingProbe(Probe):
         """Accuracy of the transfer model on the probe's data, converted as the elites are."""
         if transfer is None or not len(data) or tuple(data.shape) != tuple(model.input_shape or data.shape):
             return None
-        probs = transfer_probabilities(
-            transfer, data.x, model.bounds, normalize=self.params["transfer_normalize"]
-        )
+        probs = transfer_probabilities(transfer, data.x, model.bounds, normalize=self.transfer_normalize)
         return float((probs.argmax(1) == data.y).double().mean())
 
     # -- results -------------------------------------------------------------------------------
@@ -332,7 +303,7 @@ class FoolingProbe(Probe):
         chosen: list[str],
         transfer: ImageClassifier | None,
     ) -> ProbeResult:
-        threshold = float(self.params["threshold"])
+        threshold = self.threshold
         same_shape = len(data) > 0 and tuple(data.shape) == tuple(traces[0].images.shape[1:])
         metrics: dict[str, Any] = {}
         rows: list[dict[str, Any]] = []

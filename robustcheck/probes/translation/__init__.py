@@ -1,0 +1,1 @@
+"""The one-pixel translation probe and its measurements."""

@@ -49,11 +49,12 @@ import torch
 
 from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, Table
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.defenses.crop_selection import CropSelection, check_score
+from robustcheck.defenses.crop_selection import CropSelection
 from robustcheck.errors import InputError, ProbeTimeout, UsageError
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.ops.shifts import (
     BORDERS,
+    SCORES,
     Offset,
     centre_crop,
     cyclic_views,
@@ -62,6 +63,7 @@ from robustcheck.ops.shifts import (
     spare_margin,
     window_views,
 )
+from robustcheck.params import Param
 from robustcheck.probes.translation.measure import (
     CanvasPlan,
     ShiftOutcome,
@@ -72,7 +74,6 @@ from robustcheck.probes.translation.measure import (
     inference,
     tv_distance,
 )
-from robustcheck.registry import register
 
 MODES = ("realistic", "cyclic", "both")
 CENTRE: Offset = (0, 0)
@@ -93,6 +94,15 @@ def _tradeoff_row(
     }
 
 
+def _is_odd(value: int) -> bool:
+    return value % 2 == 1
+
+
+def _distinct(windows: list[int]) -> list[int]:
+    """``windows`` (sorted by the declaration) without repeats: each trade-off window is measured once."""
+    return list(dict.fromkeys(windows))
+
+
 def _with_baseline_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """Add ``accuracy_drop`` and ``fooling_reduction`` relative to the window-1 row of the same kind of shift
     (NaN reduction where crop selection leaves no image fooled)."""
@@ -104,20 +114,15 @@ def _with_baseline_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _is_count(value: Any, minimum: int) -> bool:
-    """``value`` is an integer (not a bool) of at least ``minimum``."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 # --------------------------------------------------------------------------------------------
 # The probe
 # --------------------------------------------------------------------------------------------
 
 
-@register("probe", "translation")
 class TranslationProbe(Probe):
     """One-pixel realistic and cyclic shifts (Shifman & Weiss 2024): consistency and fooling rate."""
 
+    name = "translation"  # also the registry name; error messages of direct instances use it
     in_default_audit = True
     #: data may be larger than ``model.input_shape`` (the window is cut from it): for the runner's shape check
     accepts_larger_inputs: ClassVar[bool] = True
@@ -125,69 +130,53 @@ class TranslationProbe(Probe):
         "1 - fooling rate under realistic shifts of 1..max_shift pixels: the share of images whose top-1 label "
         "is the same for the centre crop and every shifted crop (cyclic shifts when mode=cyclic)."
     )
-    defaults: ClassVar[dict[str, Any]] = {
-        "mode": "realistic",
-        "max_shift": 1,
-        "directions": 4,
-        "samples": None,
-        "border": "reflect",
-        "pad": None,
-        "threshold": 0.05,
-        "context": True,
-        "windows": [3, 5, 9],
-        "score": "hashed-intensity",
-        "sigma": 1.0,
-        "examples": 4,
-    }
+    mode = Param("realistic", "which shifts: realistic window moves, cyclic rolls or both", choices=MODES)
+    max_shift = Param(1, "largest shift in pixels (shifts of 1..max_shift)", ge=1)
+    directions = Param(4, "shift directions: 4 (axes) or 8 (with diagonals)", choices=(4, 8))
+    samples = Param(None, "images measured (none: all of the data)", type=int, ge=1)
+    border = Param("reflect", "border synthesized around model-sized images", choices=BORDERS)
+    pad = Param(None, "canvas border in pixels (none: max_shift plus the context needed)", type=int, ge=0)
+    threshold = Param(
+        0.05, "cosine distance of penultimate features that counts as a representation change", ge=0.0, le=2.0
+    )
+    context = Param(True, "hand defended models their extra context from the same canvas")
+    windows = Param(
+        [3, 5, 9],
+        "crop-selection windows K of the trade-off table ([]: no trade-off)",
+        ge=1,
+        check=_is_odd,
+        check_doc="odd",
+        sort=True,
+    )
+    score = Param(
+        "hashed-intensity", "content score of crop selection in the trade-off", choices=tuple(SCORES)
+    )
+    sigma = Param(1.0, "Gaussian scale of the crop-selection score in pixels", ge=0.0, le=8.0)
+    examples = Param(4, "flipping image pairs kept as report examples", ge=0)
 
     def validate(self) -> None:
-        p = self.params
-        where = f"probe {self.name!r}"
-        if p["mode"] not in MODES:
-            raise UsageError(f"{where}: mode must be one of {', '.join(MODES)}, got {p['mode']!r}")
-        if p["max_shift"] < 1:
-            raise UsageError(f"{where}: max_shift must be at least 1 pixel, got {p['max_shift']}")
-        if p["directions"] not in (4, 8):
-            raise UsageError(f"{where}: directions must be 4 or 8, got {p['directions']}")
-        if p["samples"] is not None and not _is_count(p["samples"], 1):
-            raise UsageError(
-                f"{where}: samples must be a positive integer or None (all), got {p['samples']!r}"
-            )
-        if p["border"] not in BORDERS:
-            raise UsageError(f"{where}: border must be one of {', '.join(BORDERS)}, got {p['border']!r}")
-        if not all(_is_count(k, 1) and k % 2 == 1 for k in p["windows"]):
-            raise UsageError(
-                f"{where}: windows must be positive odd integers (crop-selection K), got {p['windows']!r}"
-            )
-        p["windows"] = sorted(set(p["windows"]))
-        if p["pad"] is not None:
-            if not _is_count(p["pad"], 0):
+        if self.pad is not None:
+            need = self.max_shift + self._window_margin()
+            if self.pad < need:
                 raise UsageError(
-                    f"{where}: pad must be a non-negative integer (pixels) or None (automatic), got {p['pad']!r}"
+                    f"max_shift={self.max_shift} (plus {need - self.max_shift} px of context for the "
+                    f"windows {_distinct(self.windows)}) is larger than the canvas border pad={self.pad}; "
+                    f"use pad >= {need} or leave pad unset"
                 )
-            need = p["max_shift"] + self._window_margin()
-            if p["pad"] < need:
-                raise UsageError(
-                    f"{where}: max_shift={p['max_shift']} (plus {need - p['max_shift']} px of context for the "
-                    f"windows {p['windows']}) is larger than the canvas border pad={p['pad']}; use pad >= {need} "
-                    "or leave pad unset"
-                )
-        if not 0.0 <= p["threshold"] <= 2.0:
-            raise UsageError(f"{where}: threshold is a cosine distance in [0, 2], got {p['threshold']}")
-        check_score(where, p["score"], p["sigma"])
-        if p["examples"] < 0:
-            raise UsageError(f"{where}: examples must be >= 0, got {p['examples']}")
+        if self.score == "local-energy" and self.sigma == 0.0:
+            raise UsageError(
+                f"score {self.score!r} needs sigma > 0 (at sigma 0 the local contrast is 0 everywhere)"
+            )
 
     # -- geometry ------------------------------------------------------------------------------
     def _modes(self) -> list[str]:
-        mode = self.params["mode"]
-        return ["realistic", "cyclic"] if mode == "both" else [mode]
+        return ["realistic", "cyclic"] if self.mode == "both" else [self.mode]
 
     def _window_margin(self) -> int:
         """Context per side the trade-off's largest realistic crop-selection window uses (0 if none runs)."""
         if "realistic" not in self._modes():
             return 0
-        return max(((k - 1) // 2 for k in self.params["windows"]), default=0)
+        return max(((k - 1) // 2 for k in self.windows), default=0)
 
     def _canvas_plan(self, model: ImageClassifier, data: ImageDataset, margin: int) -> CanvasPlan:
         """Model-sized sources get a border of ``pad`` px; larger ones are used as they are. ``margin``: context
@@ -198,14 +187,14 @@ class TranslationProbe(Probe):
                 f"data {data.name!r} has {data.shape[0]} channels, model {model.name!r} expects {shape[0]}"
             )
         size, source = (int(shape[1]), int(shape[2])), (int(data.shape[1]), int(data.shape[2]))
-        max_shift = self.params["max_shift"]
+        max_shift = self.max_shift
         if source[0] < size[0] or source[1] < size[1]:
             raise InputError(
                 f"data {data.name!r} images of {source[0]}x{source[1]} px are smaller than the model input "
                 f"{size[0]}x{size[1]}"
             )
         if source == size:
-            pad = self.params["pad"]
+            pad = self.pad
             if pad is None:
                 pad = max_shift + max(margin, self._window_margin())
             elif pad < max_shift + margin:
@@ -213,7 +202,7 @@ class TranslationProbe(Probe):
                     f"probe {self.name!r}: the defended model uses {margin} px of context; pad={pad} is smaller "
                     f"than max_shift + context = {max_shift + margin}"
                 )
-            return CanvasPlan(size, self.params["border"], pad, pad)
+            return CanvasPlan(size, self.border, pad, pad)
         spare = spare_margin(source, size)
         if spare < max_shift + margin:
             raise InputError(
@@ -245,7 +234,7 @@ class TranslationProbe(Probe):
         :class:`ProbeTimeout` when nothing finished or ``complete`` asks for every image (a trade-off row
         compares whole sets).
         """
-        offsets = shift_offsets(self.params["max_shift"], self.params["directions"])
+        offsets = shift_offsets(self.max_shift, self.directions)
         step = context.batch_size  # images per forward pass, each with all its views
         preds, confs, tvs, cosines, flips = [], [], [], [], []
         with inference(model) as captured:
@@ -305,7 +294,7 @@ class TranslationProbe(Probe):
                     mode,
                     margin if mode == "realistic" else 0,
                     context,
-                    examples=0 if outcomes else self.params["examples"],  # example pairs of the primary mode
+                    examples=0 if outcomes else self.examples,  # example pairs of the primary mode
                     progress=not outcomes,
                 )
             except ProbeTimeout as exc:
@@ -324,11 +313,10 @@ class TranslationProbe(Probe):
 
     # -- run -----------------------------------------------------------------------------------
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
-        p = self.params
-        data = data.head(p["samples"])
+        data = data.head(self.samples)
         if len(data) == 0:
             raise InputError(f"probe {self.name!r}: data {data.name!r} holds no images")
-        margin = defense_margin(model) if p["context"] else 0
+        margin = defense_margin(model) if self.context else 0
         plan = self._canvas_plan(model, data, margin)
         outcomes, cut = self._measure_modes(model, data, plan, margin, context)
         primary = next(iter(outcomes.values()))  # realistic when it ran
@@ -336,7 +324,7 @@ class TranslationProbe(Probe):
         labels = data.y.numpy()
         metrics = self._metrics(outcomes, labels, plan, margin)
         tables = [self._shift_table(outcomes, plan)]
-        if p["windows"]:  # [] turns the trade-off off
+        if self.windows:  # [] turns the trade-off off
             try:
                 tradeoff = self._tradeoff(model, data, plan, outcomes, labels, context)
             except ProbeTimeout as exc:
@@ -357,21 +345,20 @@ class TranslationProbe(Probe):
     def _metrics(
         self, outcomes: dict[str, ShiftOutcome], labels: np.ndarray, plan: CanvasPlan, margin: int
     ) -> dict[str, Any]:
-        p = self.params
         metrics: dict[str, Any] = {
-            "mode": p["mode"],
-            "max_shift": p["max_shift"],
-            "directions": p["directions"],
+            "mode": self.mode,
+            "max_shift": self.max_shift,
+            "directions": self.directions,
             "samples": len(labels),
             "canvas": plan.kind,  # "padded": model-sized sources on a synthesized border; "source": real context
             "border": plan.border,
             "pad": plan.pad,
             "context_margin": margin,
-            "threshold": p["threshold"],
+            "threshold": self.threshold,
         }
         for mode, outcome in outcomes.items():
-            prefix = f"{mode}/" if p["mode"] == "both" else ""
-            metrics.update({prefix + k: v for k, v in outcome.metrics(labels, p["threshold"]).items()})
+            prefix = f"{mode}/" if self.mode == "both" else ""
+            metrics.update({prefix + k: v for k, v in outcome.metrics(labels, self.threshold).items()})
         return metrics
 
     @staticmethod
@@ -402,21 +389,20 @@ class TranslationProbe(Probe):
         context: RunContext,
     ) -> Table:
         """Accuracy vs fooling rate of the model as given (window 1) and with crop selection of each window."""
-        p = self.params
         rows = [
             _tradeoff_row("none (centre crop)", 1, mode, outcome, labels)
             for mode, outcome in outcomes.items()
         ]
         skipped: list[int] = []
         if "realistic" in outcomes:
-            for k in p["windows"]:
+            for k in _distinct(self.windows):
                 if k == 1:
                     continue  # K = 1 is the centre crop: the row above
                 defense = CropSelection(
-                    window=k, score=p["score"], sigma=p["sigma"], variant="realistic", border=p["border"]
+                    window=k, score=self.score, sigma=self.sigma, variant="realistic", border=self.border
                 )
-                margin = defense.context_margin if p["context"] else 0
-                if plan.spare < p["max_shift"] + margin:
+                margin = defense.context_margin if self.context else 0
+                if plan.spare < self.max_shift + margin:
                     skipped.append(k)  # the source images leave too little real context for this window
                     continue
                 outcome = self._measure(
@@ -424,7 +410,7 @@ class TranslationProbe(Probe):
                 )
                 rows.append(_tradeoff_row("crop-selection", k, "realistic", outcome, labels))
         if "cyclic" in outcomes:
-            defense = CropSelection(score=p["score"], sigma=p["sigma"], variant="circular")
+            defense = CropSelection(score=self.score, sigma=self.sigma, variant="circular")
             outcome = self._measure(defense.apply(model), data, plan, "cyclic", 0, context, complete=True)
             rows.append(_tradeoff_row("crop-selection circular", None, "cyclic", outcome, labels))
         return Table(
@@ -434,12 +420,11 @@ class TranslationProbe(Probe):
         )
 
     def _tradeoff_note(self, skipped: list[int]) -> str:
-        p = self.params
         parts = [
-            f"Crop selection (score '{p['score']}', sigma {p['sigma']}) applied to the model for each window K; "
-            f"accuracy on the centre view, fooling rate under shifts of 1..{p['max_shift']} px."
+            f"Crop selection (score '{self.score}', sigma {self.sigma}) applied to the model for each window K; "
+            f"accuracy on the centre view, fooling rate under shifts of 1..{self.max_shift} px."
         ]
-        if p["context"]:
+        if self.context:
             parts.append("The defense receives (K-1)/2 px of extra context per side from the same canvas.")
         parts.append("fooling_reduction = fooling rate without / with crop selection.")
         if skipped:
