@@ -23,7 +23,7 @@ import torch
 from robustcheck.data.builtin import digits
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
-from robustcheck.verifiers.engine import FloatModel, Options, Verifier
+from robustcheck.verifiers.engine import Engine, FloatModel, Options
 from robustcheck.verifiers.extraction import from_classifier
 from robustcheck.verifiers.vnnlib import Property, robustness_property
 from robustcheck.zoo import digits_mlp
@@ -55,7 +55,7 @@ def naive_verify(cache: encoding.Z3Network, prop: Property, timeout: float) -> s
     return verdict
 
 
-def residual_queries(verifier: Verifier, prop: Property) -> list[tuple[np.ndarray, np.ndarray, LayerBounds]]:
+def residual_queries(verifier: Engine, prop: Property) -> list[tuple[np.ndarray, np.ndarray, LayerBounds]]:
     """The disjuncts CROWN leaves open, as ``(spec, rhs + proof margin, bounds)``: the engine's own queries."""
     bounds = crown_bounds(verifier.net, prop.lo, prop.hi)
     return [(d.spec, d.rhs + d.tol, bounds) for d in verifier.open_disjuncts(prop, bounds)]
@@ -73,7 +73,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run_methods(eps: float, props: list[tuple[np.ndarray, Property]], ours: dict[str, Verifier],
+def run_methods(eps: float, props: list[tuple[np.ndarray, Property]], ours: dict[str, Engine],
                 naive_timeout: float) -> list[Row]:  # fmt: skip
     """One row per method: verdict counts and seconds per property on the same properties."""
     cache = ours["z3"].z3_network()
@@ -107,7 +107,7 @@ def print_rows(rows: list[Row], epsilons: list[float]) -> None:
               f"ours-z3 / ours-milp = {by['ours-z3'] / by['ours-milp']:.1f}x")  # fmt: skip
 
 
-def time_residuals(verifier: Verifier, residuals: list[tuple[Property, tuple[np.ndarray, np.ndarray, LayerBounds]]],
+def time_residuals(verifier: Engine, residuals: list[tuple[Property, tuple[np.ndarray, np.ndarray, LayerBounds]]],
                    timeout: float) -> None:  # fmt: skip
     """Z3 (branch and bound, and flat) vs MILP on the same residual queries, with verdict agreement."""
     net, cache = verifier.net, verifier.z3_network()
@@ -144,9 +144,9 @@ def main() -> None:
     predictions = model.predict(data.x).argmax(1)
     chosen = [i for i in range(len(data)) if int(predictions[i]) == int(data.y[i])][: args.samples]
     ours = {
-        "z3": Verifier(net, float_model, Options(engine="z3", timeout=args.timeout)),
-        "milp": Verifier(net, float_model, Options(engine="milp", timeout=args.timeout)),
-        "flat": Verifier(net, float_model, Options(engine="z3", timeout=args.timeout, branching=False)),
+        "z3": Engine(net, float_model, Options(engine="z3", timeout=args.timeout)),
+        "milp": Engine(net, float_model, Options(engine="milp", timeout=args.timeout)),
+        "flat": Engine(net, float_model, Options(engine="z3", timeout=args.timeout, branching=False)),
     }
     rows: list[Row] = []
     residuals: list[tuple[Property, tuple[np.ndarray, np.ndarray, LayerBounds]]] = []

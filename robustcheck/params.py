@@ -289,8 +289,7 @@ def declared_params(cls: type) -> dict[str, Param]:
     for klass in reversed(cls.__mro__):
         for key, value in vars(klass).items():
             if isinstance(value, Param):
-                found.pop(key, None)
-                found[key] = value
+                found[key] = value  # a subclass re-declaring a parameter keeps its place in the order
     return found
 
 

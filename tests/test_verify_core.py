@@ -16,7 +16,7 @@ from robustcheck.errors import InputError, RequirementError
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import crown_bounds, interval_bounds, output_lower
-from robustcheck.verifiers.engine import FloatModel, Options, Verifier, violates
+from robustcheck.verifiers.engine import Engine, FloatModel, Options, violates
 from robustcheck.verifiers.extraction import from_classifier, from_module
 from robustcheck.verifiers.network import Affine, Network
 from robustcheck.verifiers.rounding import spec_error
@@ -234,7 +234,7 @@ def test_verdicts_agree_with_activation_pattern_enumeration_and_grid_search(seed
     settings = itertools.product(("crown", "interval"), (("z3", False), ("milp", False), ("milp", True)))
     for bounds, (engine, confirm) in settings:
         options = Options(engine, bounds, 30, use_attack=False, semantics="real", confirm_milp=confirm)
-        outcome = Verifier(net, model, options).verify(prop)
+        outcome = Engine(net, model, options).verify(prop)
         assert outcome.status == ("safe" if truth_safe else "unsafe"), (bounds, engine, minima, outcome)
         if outcome.status == "unsafe":
             assert violates(prop, net.forward(outcome.counterexample[None]))[0]
@@ -270,10 +270,10 @@ def test_never_safe_where_pgd_finds_a_counterexample() -> None:
     model, data = digits_mlp(), digits()
     net = from_classifier(model)
     float_model = FloatModel.from_classifier(model)
-    attack_only = Verifier(net, float_model, Options(engine="milp", pgd_steps=60, pgd_restarts=6))
+    attack_only = Engine(net, float_model, Options(engine="milp", pgd_steps=60, pgd_restarts=6))
     # MILP finds counterexamples fast; its infeasibility is re-proved by Z3 before any SAFE
     options = Options(engine="milp", timeout=30, use_attack=False, confirm_milp=True)
-    exact_only = Verifier(net, float_model, options)
+    exact_only = Engine(net, float_model, options)
     attacked = 0
     for i in range(6):
         x = data.x[i].reshape(-1).double().numpy()
@@ -296,10 +296,10 @@ def test_boundary_counterexamples_are_not_reported_unsafe() -> None:
     net = Network([Affine.exact(np.array([[1.0], [0.0]]), np.zeros(2), "tie")], (1,), "tie")
     prop = robustness_property(np.zeros(1), np.ones(1), 0, 2)
     model = FloatModel(lambda x: x.float() @ torch.tensor([[1.0, 0.0]]))
-    outcome = Verifier(net, model, Options(engine="z3", use_attack=False)).verify(prop)
+    outcome = Engine(net, model, Options(engine="z3", use_attack=False)).verify(prop)
     assert outcome.status == "unknown" and "boundary" in outcome.message
     # HiGHS pads its constraints (MILP_PAD), so it may return the tie itself: re-validation still refuses it
-    outcome = Verifier(net, model, Options(engine="milp", use_attack=False)).verify(prop)
+    outcome = Engine(net, model, Options(engine="milp", use_attack=False)).verify(prop)
     assert outcome.status == "unknown" and outcome.counterexample is None
 
 
@@ -308,9 +308,9 @@ def test_solver_points_that_do_not_misclassify_on_the_float_model_are_not_unsafe
     net = hand_network()
     prop = robustness_property(np.zeros(2), np.ones(2), 0, 2)
     honest = FloatModel(lambda x: torch.stack([torch.ones(len(x)), torch.zeros(len(x))], dim=1))
-    outcome = Verifier(net, honest, Options(engine="z3", use_attack=False)).verify(prop)
+    outcome = Engine(net, honest, Options(engine="z3", use_attack=False)).verify(prop)
     assert outcome.status == "unknown" and "re-validate" in outcome.message
-    exact = Verifier(net, FloatModel.from_network(net), Options(engine="z3", use_attack=False)).verify(prop)
+    exact = Engine(net, FloatModel.from_network(net), Options(engine="z3", use_attack=False)).verify(prop)
     assert exact.status == "unsafe" and exact.counterexample is not None
 
 
@@ -324,7 +324,7 @@ def test_timeout_yields_unknown_quickly(branching: bool) -> None:
     # class 6 at eps 0.08: 18 unstable ReLUs, neither Z3 variant decides it within a second here
     hard = [d for d in robustness_property(lo, hi, label, 10).disjuncts if d[0][0, 6] < 0]
     options = Options(engine="z3", timeout=1.0, use_attack=False, branching=branching)
-    outcome = Verifier(net, FloatModel.from_classifier(model), options).verify(
+    outcome = Engine(net, FloatModel.from_classifier(model), options).verify(
         Property(lo, hi, hard, True, label)
     )
     assert outcome.status == "unknown" and outcome.seconds < 15

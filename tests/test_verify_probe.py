@@ -13,7 +13,7 @@ import torch
 from robustcheck.api import Table
 from robustcheck.data.builtin import digits
 from robustcheck.errors import InputError, UsageError
-from robustcheck.verifiers.engine import FloatModel, Options, Verifier, verify_properties, violates
+from robustcheck.verifiers.engine import Engine, FloatModel, Options, verify_properties, violates
 from robustcheck.verifiers.extraction import from_classifier, from_onnx
 from robustcheck.verifiers.regions import linf_box, manipulation_region
 from robustcheck.verifiers.vnnlib import (
@@ -208,7 +208,7 @@ def test_result_file_format(tmp_path: Path) -> None:
 def test_vnncomp_test_benchmarks(onnx: str, vnnlib: str, expected: str, engine: str) -> None:
     net, module, shape = from_onnx(str(VNNCOMP / f"{onnx}.onnx"))
     props = read_vnnlib(VNNCOMP / f"{vnnlib}.vnnlib", net.num_inputs, net.num_outputs)
-    verifier = Verifier(
+    verifier = Engine(
         net, FloatModel.from_module(module, shape), Options(engine=engine, timeout=60, semantics="real")
     )
     verdict, found, _ = verify_properties(verifier, props, 60)

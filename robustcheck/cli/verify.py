@@ -71,7 +71,7 @@ def _options(args: argparse.Namespace, default_semantics: str) -> Any:
 
 
 def _run_vnnlib(args: argparse.Namespace) -> int:
-    from robustcheck.verifiers.engine import FloatModel, Verifier, verify_properties
+    from robustcheck.verifiers.engine import Engine, FloatModel, verify_properties
     from robustcheck.verifiers.vnnlib import read_vnnlib, write_result
 
     if args.onnx:
@@ -86,7 +86,7 @@ def _run_vnnlib(args: argparse.Namespace) -> int:
         classifier = load_model(args.model)
         net, model = from_classifier(classifier), FloatModel.from_classifier(classifier)
     props = read_vnnlib(args.vnnlib, net.num_inputs, net.num_outputs)
-    verifier = Verifier(net, model, _options(args, "real"))
+    verifier = Engine(net, model, _options(args, "real"))
     verdict, found, outcomes = verify_properties(verifier, props, args.timeout)
     for prop, outcome in zip(props, outcomes, strict=False):
         print(_line(prop.name, outcome))

@@ -265,40 +265,34 @@ class FGSM(FoolboxAttack):
         return fb.attacks.LinfFastGradientAttack(random_start=False)
 
 
-class PGDLinf(FoolboxAttack):
+class _ProjectedGradient(FoolboxAttack):
+    """Projected gradient descent (Madry et al. 2018) with a random start; subclasses pick the norm."""
+
+    in_default_audit = True
+    foolbox_attack: ClassVar[str]  # the foolbox class: LinfPGD, L2PGD
+    steps = Param(20, "gradient steps per epsilon", ge=1)
+    rel_stepsize = Param(0.1, "step size relative to epsilon", gt=0)
+    random_start = Param(True, "start from a uniformly random point of the epsilon ball")
+
+    def make_attack(self, fb: Any) -> Any:
+        attack = getattr(fb.attacks, self.foolbox_attack)
+        return attack(rel_stepsize=self.rel_stepsize, steps=self.steps, random_start=self.random_start)
+
+
+class PGDLinf(_ProjectedGradient):
     """Projected gradient descent (Madry et al. 2018), Linf, random start."""
 
     norm = "linf"
-    in_default_audit = True
-    epsilons = Param(
-        LINF_EPSILONS, "Linf perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True
-    )
-    steps = Param(20, "gradient steps per epsilon", ge=1)
-    rel_stepsize = Param(0.1, "step size relative to epsilon", gt=0)
-    random_start = Param(True, "start from a uniformly random point of the epsilon ball")
-
-    def make_attack(self, fb: Any) -> Any:
-        return fb.attacks.LinfPGD(
-            rel_stepsize=self.rel_stepsize, steps=self.steps, random_start=self.random_start
-        )
+    foolbox_attack = "LinfPGD"
+    epsilons = Param(LINF_EPSILONS, "Linf perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True)
 
 
-class PGDL2(FoolboxAttack):
+class PGDL2(_ProjectedGradient):
     """Projected gradient descent (Madry et al. 2018), L2, random start."""
 
     norm = "l2"
-    in_default_audit = True
-    epsilons = Param(
-        L2_EPSILONS, "L2 perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True
-    )
-    steps = Param(20, "gradient steps per epsilon", ge=1)
-    rel_stepsize = Param(0.1, "step size relative to epsilon", gt=0)
-    random_start = Param(True, "start from a uniformly random point of the epsilon ball")
-
-    def make_attack(self, fb: Any) -> Any:
-        return fb.attacks.L2PGD(
-            rel_stepsize=self.rel_stepsize, steps=self.steps, random_start=self.random_start
-        )
+    foolbox_attack = "L2PGD"
+    epsilons = Param(L2_EPSILONS, "L2 perturbation budgets to attack at (sorted)", ge=0, min_items=1, sort=True)
 
 
 class DeepFool(FoolboxAttack):

@@ -38,7 +38,7 @@ from robustcheck.defaults import (
     DEFAULT_SAMPLES,
 )
 from robustcheck.errors import InputError, RequirementError, UsageError, suggest
-from robustcheck.models.loading import load_model
+from robustcheck.models.loading import ADAPTER_OPTIONS, load_model
 from robustcheck.params import PluginSpec
 from robustcheck.plugins import create, defense_spec, probe_spec
 from robustcheck.run.ray import create_executor
@@ -46,7 +46,7 @@ from robustcheck.run.runner import Runner, RunSpec
 
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
             "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards"}  # fmt: skip
-MODEL_KEYS = {"source", "bounds", "mean", "std", "labels", "input_shape", "name"}
+MODEL_KEYS = {"source", *ADAPTER_OPTIONS}  # a model table: where it comes from and its adapter options
 PROBE_KEYS = {"name", "params", "fail_under"}
 
 

@@ -257,7 +257,7 @@ def _np_dtype(model: FloatModel) -> Any:
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------------------------
-class Verifier:
+class Engine:
     """Runs properties against one network; caches the exact-rational weights for Z3."""
 
     def __init__(self, net: Network, model: FloatModel, options: Options | None = None) -> None:
@@ -434,7 +434,7 @@ class Verifier:
 
 
 def verify_properties(
-    verifier: Verifier, props: list[Property], timeout: float
+    verifier: Engine, props: list[Property], timeout: float
 ) -> tuple[str, Outcome | None, list[Outcome]]:
     """A VNN-LIB file's verdict over its boxes: ``sat`` (with the counterexample's outcome), ``unsat``,
     ``timeout`` or ``unknown``; all boxes share one ``timeout``."""

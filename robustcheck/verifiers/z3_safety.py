@@ -24,14 +24,14 @@ Metrics: ``verified``, ``falsified``, ``unknown`` (shares of correctly classifie
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from robustcheck.api import Artifact, ProbeResult, RunContext, Table
-from robustcheck.api import Verifier as VerifierPlugin
+from robustcheck.api import Artifact, ProbeResult, RunContext, Table, Verifier
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
 from robustcheck.models.classifier import ImageClassifier
@@ -39,7 +39,7 @@ from robustcheck.ops.metrics import epsilon_key
 from robustcheck.params import Param
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import compute_bounds
-from robustcheck.verifiers.engine import ENGINES, FloatModel, Options, Outcome, Verifier, round_into_box
+from robustcheck.verifiers.engine import ENGINES, Engine, FloatModel, Options, Outcome, round_into_box
 from robustcheck.verifiers.extraction import from_classifier
 from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.regions import Region, linf_box, manipulation_region
@@ -49,7 +49,7 @@ from robustcheck.verifiers.vnnlib import robustness_property
 TIME_BINS = (0.1, 1.0, 10.0, 60.0, float("inf"))
 
 
-class Z3Safety(VerifierPlugin):
+class Z3Safety(Verifier):
     """Z3-based local safety verification (Huang et al., CAV 2017) with PGD, CROWN bounds and exact residual queries."""
 
     name = "z3-safety"
@@ -93,24 +93,16 @@ class Z3Safety(VerifierPlugin):
             ) from None
 
     def options(self, seed: int) -> Options:
-        """The engine settings of these params (PGD seeded with ``seed``)."""
-        return Options(
-            engine=self.engine,
-            bounds=self.bounds,
-            timeout=self.timeout,
-            pgd_steps=self.pgd_steps,
-            pgd_restarts=self.pgd_restarts,
-            seed=seed,
-            semantics=self.semantics,
-            branching=self.branching,
-            confirm_milp=self.confirm_milp,
-        )
+        """The engine settings of these params (PGD seeded with ``seed``): every parameter that names an
+        :class:`Options` field sets it."""
+        fields = {f.name for f in dataclasses.fields(Options)}
+        return Options(seed=seed, **{key: value for key, value in self.params.items() if key in fields})
 
     # -- running -------------------------------------------------------------------------------------------
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
         net = from_classifier(model)
         self._bounds = model.bounds
-        verifier = Verifier(net, FloatModel.from_classifier(model), self.options(context.seed))
+        verifier = Engine(net, FloatModel.from_classifier(model), self.options(context.seed))
         predictions = model.predict(data.x).argmax(1)
         epsilons = sorted({self.eps, *self.epsilons}) if self.region == "linf" else [self.eps]
         rows: list[dict[str, Any]] = []
@@ -134,7 +126,7 @@ class Z3Safety(VerifierPlugin):
             left = min(left, max(0.5, context.deadline - time.monotonic()))
         return left
 
-    def _sample(self, verifier: Verifier, net: Network, model: ImageClassifier, data: ImageDataset, i: int, prediction: int,
+    def _sample(self, verifier: Engine, net: Network, model: ImageClassifier, data: ImageDataset, i: int, prediction: int,
                 epsilons: list[float], context: RunContext) -> dict[str, Any]:  # fmt: skip
         label = int(data.y[i])
         x = data.x[i].reshape(-1).double().numpy()
@@ -177,7 +169,7 @@ class Z3Safety(VerifierPlugin):
         row["_seconds"] = {epsilon_key(e): o.seconds for e, o in per_eps.items()}
         return row
 
-    def _verify_region(self, verifier: Verifier, net: Network, model: ImageClassifier, x: np.ndarray, label: int, eps: float,
+    def _verify_region(self, verifier: Engine, net: Network, model: ImageClassifier, x: np.ndarray, label: int, eps: float,
                        context: RunContext) -> Outcome:  # fmt: skip
         timeout = self._timeout(context)
         try:
@@ -196,12 +188,12 @@ class Z3Safety(VerifierPlugin):
             return Outcome("error", "none", message=f"{type(exc).__name__}: {exc}")
 
     def _verify_hidden(
-        self, verifier: Verifier, net: Network, region: Region, label: int, timeout: float
+        self, verifier: Engine, net: Network, region: Region, label: int, timeout: float
     ) -> Outcome:
         """Verify the rest of the network on a hidden-layer box; map a hidden counterexample back to an input."""
         start = time.monotonic()
         suffix = net.suffix(region.layer)
-        inner = Verifier(suffix, FloatModel.from_network(suffix), verifier.options)
+        inner = Engine(suffix, FloatModel.from_network(suffix), verifier.options)
         prop = robustness_property(region.lo, region.hi, label, net.num_outputs, "hidden-region")
         outcome = inner.verify(prop, start=region.center, grid=region.grid, timeout=timeout)
         if outcome.status != "unsafe" or outcome.counterexample is None:
