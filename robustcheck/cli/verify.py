@@ -8,6 +8,9 @@ Two modes:
   VNN-COMP result file (``sat`` with the assignment, ``unsat``, ``timeout`` or ``unknown``). The VNN-LIB
   property is judged with VNN-COMP's semantics (the real-valued network with the file's float weights) unless
   ``--semantics float32``; counterexamples are always re-run on the float32 model.
+
+The verifier (torch, Z3) is imported when the command runs, not with this module, which the CLI's
+parser imports for its arguments.
 """
 
 from __future__ import annotations

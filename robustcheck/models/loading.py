@@ -28,6 +28,7 @@ from torch import nn
 from robustcheck import registry
 from robustcheck.errors import InputError, UnknownPluginError, UsageError
 from robustcheck.models.classifier import ImageClassifier, as_classifier
+from robustcheck.models.onnx.graph import load_onnx, onnx_input_shape
 from robustcheck.params import parse_spec
 
 ADAPTER_OPTIONS = ("bounds", "mean", "std", "labels", "input_shape", "name", "default_data")
@@ -129,7 +130,6 @@ def _load_file(path: Path) -> ImageClassifier:
     if not path.is_file():
         raise InputError(f"model file {str(path)!r} {'is not a file' if path.exists() else 'does not exist'}")
     if path.suffix.lower() == ".onnx":
-        from robustcheck.models.onnx.graph import load_onnx, onnx_input_shape
 
         module = load_onnx(path)
         shape = onnx_input_shape(path)

@@ -157,7 +157,7 @@ class RunOutcome:
 
 def environment() -> dict[str, str]:
     """Versions of what produced the numbers."""
-    import z3
+    import z3  # here, not at the top: the solver and foolbox load only when results are written
 
     from robustcheck.probes._foolbox import foolbox_version
 

@@ -24,6 +24,8 @@ from torch import nn
 
 from robustcheck.errors import InputError
 from robustcheck.models.classifier import ImageClassifier, Normalize
+from robustcheck.models.onnx.graph import OnnxGraphModule, load_onnx, onnx_input_shape, run_step
+from robustcheck.models.onnx.ops import RunInfo
 from robustcheck.verifiers.network import Affine, Layer, Network, ReLU, canonicalize, interleave
 
 #: Refuse dense matrices above this many entries (a conv layer on a large image): the encoding would not fit.
@@ -73,7 +75,6 @@ def from_classifier(model: ImageClassifier) -> Network:
         raise InputError(
             f"model {model.name!r} has no input_shape: the verifier needs the (C, H, W) it expects"
         )
-    from robustcheck.models.onnx.graph import OnnxGraphModule
 
     prefix: list[Layer] = []
     shape = tuple(model.input_shape)
@@ -230,7 +231,6 @@ _ONNX_SHAPE_ONLY = {"Shape"}
 def from_onnx(path: str, *, name: str | None = None) -> tuple[Network, nn.Module, tuple[int, ...]]:
     """Read an ONNX file: the network, the float32 torch module (from :mod:`robustcheck.models.onnx.graph`) and the
     file's full input shape (batch dim included when the file has one; unknown dims read as 1)."""
-    from robustcheck.models.onnx.graph import load_onnx, onnx_input_shape
 
     module = load_onnx(path)
     file_shape = onnx_input_shape(path)
@@ -290,14 +290,12 @@ def from_onnx_module(module: nn.Module, full_shape: tuple[int, ...], *, name: st
 
 
 def _run_info(module: nn.Module, full_shape: tuple[int, ...]) -> Any:
-    from robustcheck.models.onnx.ops import RunInfo
 
     batch = int(full_shape[0]) if len(full_shape) >= 2 else None
     return RunInfo(module.file_batch, batch)
 
 
 def _call_step(step: Any, args: list[torch.Tensor | None], run: Any, name: str) -> tuple[torch.Tensor, ...]:
-    from robustcheck.models.onnx.graph import run_step
 
     try:
         return run_step(step, args, run)
@@ -324,4 +322,3 @@ def _onnx_affine(step: Any, args: list[torch.Tensor | None], dyn: int, run: Any,
     weight, bias = _probe_affine(lambda t: apply(t.reshape(t.shape[0], n)), (n,), label)
     extra = _ONNX_EXTRA_ROUNDINGS.get(step.op_type, 0)
     return Affine.exact(weight, bias, label, extra_roundings=extra)
-

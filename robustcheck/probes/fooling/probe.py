@@ -56,6 +56,7 @@ from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, Table
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, RequirementError
 from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.loading import load_model
 from robustcheck.params import Param
 from robustcheck.probes.fooling.checks import (
     check_compatible,
@@ -249,7 +250,6 @@ class FoolingProbe(Probe):
     # -- recognisability -----------------------------------------------------------------------
     def _transfer_model(self, model: ImageClassifier, num_classes: int) -> ImageClassifier | None:
         """The second model of the transfer check (``None``: none), loaded and checked against ``model``."""
-        from robustcheck.models.loading import load_model  # at call time: loading imports the plugin registry
 
         spec = self.transfer_model
         if spec == "auto":
