@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import robustcheck_command, run_subprocess
+from helpers import robustcheck_command, run_subprocess
 
 DIST = "robustcheck-always-robust"
 

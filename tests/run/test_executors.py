@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import comparable_runs, stored_runs
+from helpers import comparable_runs, stored_runs
 
 from robustcheck.errors import UsageError
 from robustcheck.run.ray import RayExecutor, create_executor
@@ -98,7 +98,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     Its workers import ``rc_helpers`` from a folder put on their ``PYTHONPATH`` here, the way
     :class:`RayExecutor` passes the driver's ``sys.path`` to an instance it starts itself.
     """
-    from conftest import HELPERS_MODULE, HELPERS_SOURCE
+    from helpers import HELPERS_MODULE, HELPERS_SOURCE
 
     folder = tmp_path_factory.mktemp("ray-helpers")
     (folder / f"{HELPERS_MODULE}.py").write_text(HELPERS_SOURCE)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import SHARED_DATA
 from torch import nn
 
 from robustcheck.api import RunContext, Table
@@ -30,7 +30,7 @@ from robustcheck.plugins import create_probe
 from robustcheck.probes.translation.measure import forward_views, inference, last_linear
 from robustcheck.probes.translation.probe import TranslationProbe
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+PHOTOS = SHARED_DATA / "imagenet-samples"
 
 
 def _ramp(h: int = 12, w: int = 12) -> torch.Tensor:

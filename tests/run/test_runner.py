@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import stored_runs
+from helpers import stored_runs
 
 from robustcheck.api import Artifact
 from robustcheck.errors import RequirementError, UsageError

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import SHARED_DATA
 
 from robustcheck.api import Table
 from robustcheck.data.builtin import digits
@@ -28,7 +29,7 @@ from robustcheck.zoo import digits_mlp
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-VNNCOMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnncomp-test"
+VNNCOMP = SHARED_DATA / "vnncomp-test"
 
 
 # --------------------------------------------------------------------------------------------- probe

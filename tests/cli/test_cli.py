@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import (
+from helpers import (
     SUBPROCESS_ENV,
     assert_one_line_error,
     comparable_runs,

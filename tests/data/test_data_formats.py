@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import SHARED_DATA
 from PIL import Image
 
 from robustcheck.data.dataset import ImageDataset
@@ -26,7 +27,6 @@ from robustcheck.data.formats.torchvision import dataset_from_pairs, torchvision
 from robustcheck.data.loading import load_data, load_path
 from robustcheck.errors import InputError, UsageError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RNG = np.random.default_rng(0)
 
 

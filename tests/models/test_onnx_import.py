@@ -15,12 +15,13 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers import SHARED_DATA  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from robustcheck.errors import InputError  # noqa: E402
 from robustcheck.models.onnx.graph import OnnxGraphModule, load_onnx, onnx_input_shape  # noqa: E402
 
-VNNCOMP = Path(__file__).resolve().parents[2] / "shared/data/vnncomp-test"
+VNNCOMP = SHARED_DATA / "vnncomp-test"
 ATOL = 1e-5
 IR_VERSION = 8  # onnxruntime 1.32 reads it; opsets 10-13 are valid under it
 
