@@ -230,8 +230,8 @@ class Param:
             raise ValueError(self._wrong(value))
         if self.type is object:
             return value
-        if isinstance(value, str) and (self.type is not str or self.list):
-            value = parse_value(value)  # text from a config or the API: "20", "[0,8/255]"
+        if isinstance(value, str) and self.list:
+            value = parse_value(value)  # text from a config or the API: "[0,8/255]"
         if self.list:
             items = list(value) if isinstance(value, (list, tuple)) else [value]
             if len(items) < self.min_items:
@@ -245,6 +245,8 @@ class Param:
 
     def _item(self, value: Any) -> Any:
         kind = self.type
+        if isinstance(value, str) and kind is not str:
+            value = parse_value(value)  # text from a config or the API: "20", "8/255", "true"
         ok = True
         if kind is bool:
             ok = isinstance(value, bool)

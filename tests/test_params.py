@@ -80,3 +80,13 @@ def test_param_declaration_checks_and_describes():
     with pytest.raises(ValueError, match="a non-empty list of numbers >= 0"):
         epsilons.coerce([])
     assert epsilons.describe() == "a non-empty list of numbers >= 0; default [0.0,0.1]: sizes"
+
+
+def test_param_reads_text_from_configs():
+    epsilons = Param([0.0], "sizes", ge=0, min_items=1)
+    epsilons.name = "epsilons"
+    assert epsilons.coerce([0, "8/255"]) == [0.0, 8 / 255]
+    assert epsilons.coerce("[0,8/255]") == [0.0, 8 / 255]
+    flag = Param(True, "a flag")
+    flag.name = "flag"
+    assert flag.coerce("false") is False

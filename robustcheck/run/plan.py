@@ -140,6 +140,8 @@ class AuditPlan:
         probes = self.probes or [ProbeChoice(spec) for spec in _default_specs("probe")]
         # every plugin created (so every parameter checked) once, before anything loads or runs
         plugins = {spec: create(spec) for spec in {*(p.spec for p in probes), *(d for d in defenses if d is not None)}}
+        # runs carry the checked values ("8/255" -> 0.0313..., epsilons sorted), as given keys only
+        checked = {spec: PluginSpec(spec.kind, spec.name, {k: plugin.params[k] for k in spec.params}) for spec, plugin in plugins.items()}
         specs = []
         for choice in self.models:
             model_id = choice.options.get("name", choice.source)
@@ -159,9 +161,9 @@ class AuditPlan:
                     specs.append(
                         RunSpec(
                             model=model_id,
-                            probe=probe.spec,
+                            probe=checked[probe.spec],
                             data=self.data,
-                            defense=defense,
+                            defense=checked[defense] if defense else None,
                             samples=self.samples,
                             seed=self.seed,
                             budget_s=self.budget,
