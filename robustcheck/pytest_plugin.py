@@ -12,9 +12,12 @@ Fixture (session-scoped)::
 
 Marker, on a test that returns a model or takes a ``model`` fixture::
 
-    @pytest.mark.robustness(probe="fgsm", min_score=0.8, samples=64)
+    @pytest.mark.robustness(probe="fgsm", min_score=0.8, samples=64, allow_flags=["few-samples"])
     def test_trained_model():
         return train_model()
+
+A flagged run (validity flags, :mod:`robustcheck.run.flags`) fails the check unless ``allow_flags``
+names each of its codes; the failure message names the flags.
 
 Options (group "robustcheck"): ``--robustcheck-seed``, ``--robustcheck-budget``,
 ``--robustcheck-report`` (HTML of every run of the session), ``--robustcheck-json``
@@ -89,8 +92,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the marker and create the session's :class:`RobustCheck` (cheap: nothing heavy is imported)."""
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(probe, min_score, data=None, samples=None, defense=None, **params): assert that the model "
-        "the test returns (or its `model` fixture) scores at least min_score on probe (robustcheck)",
+        f"{MARKER}(probe, min_score, data=None, samples=None, defense=None, allow_flags=(), **params): assert that "
+        "the model the test returns (or its `model` fixture) scores at least min_score on probe, with no validity "
+        "flag but those allowed by code (robustcheck)",
     )
     config.stash[_STATE] = RobustCheck(config, Settings.from_config(config), plugin=sys.modules[__name__])
 
@@ -197,7 +201,10 @@ def _marker_options(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
         options.setdefault(name, value)
     missing = [name for name in ("probe", "min_score") if name not in options]
     if missing or len(marker.args) > 2:
-        pytest.fail(f"{nodeid}: use @pytest.mark.{MARKER}(probe=..., min_score=..., data=None, samples=None, **params)", pytrace=False)
+        pytest.fail(
+            f"{nodeid}: use @pytest.mark.{MARKER}(probe=..., min_score=..., data=None, samples=None, allow_flags=(), **params)",
+            pytrace=False,
+        )
     return options
 
 

@@ -129,6 +129,55 @@ def test_run_returns_result_and_names_objects(pytester: pytest.Pytester) -> None
     run_inner(pytester, source).assert_outcomes(passed=1)
 
 
+SORTED = """
+import torch
+from torch import nn
+
+from robustcheck.data.dataset import ImageDataset
+
+
+def sorted_data():
+    x = torch.rand(500, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return ImageDataset(x, torch.arange(10).repeat_interleave(50), [f"c{k}" for k in range(10)], name="sorted")
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+"""
+
+
+def test_samples_are_class_stratified_and_all_means_all(pytester: pytest.Pytester) -> None:
+    source = """
+    def test_samples(robustcheck):
+        data = sorted_data()
+        result = robustcheck.run(net(), data, "fgsm:epsilons=[0,0.01]", samples=100)
+        assert result.records["label"].value_counts().to_dict() == dict.fromkeys(range(10), 10)
+        outcome = robustcheck.outcomes[-1]
+        assert len(set(outcome.indices)) == 100 and outcome.to_json()["indices"] == outcome.indices
+        assert outcome.labels == [f"c{k}" for k in range(10)]  # the data's class names: the model has none
+        again = robustcheck.run(net(), data, "fgsm:epsilons=[0,0.01]", samples=100)
+        assert robustcheck.outcomes[-1].indices == outcome.indices
+        for everything in (None, "all"):
+            assert len(robustcheck.run(net(), data, "fgsm:epsilons=[0,0.01]", samples=everything).records) == 500
+        assert len(robustcheck.run("digits-mlp", "digits", "fgsm:epsilons=[0,0.01]", samples=None).records) == 450
+    """
+    run_inner(pytester, textwrap.dedent(SORTED) + textwrap.dedent(source)).assert_outcomes(passed=1)
+
+
+def test_input_shape_of_the_fixture(pytester: pytest.Pytester) -> None:
+    source = """
+    def test_shape(robustcheck):
+        robustcheck.run(net(), sorted_data(), "fgsm:epsilons=[0,0.01]", samples=10, input_shape=(3, 8, 8))
+        assert robustcheck.outcomes[-1].spec.model_options == {"input_shape": [3, 8, 8]}
+        with pytest.raises(Exception, match=r"expects images of shape \\(3, 4, 4\\)"):
+            robustcheck.run(net(), sorted_data(), "fgsm", samples=10, input_shape=(3, 4, 4))
+        with pytest.raises(Exception, match="input_shape must be"):
+            robustcheck.run(net(), sorted_data(), "fgsm", samples=10, input_shape=(8, 8))
+    """
+    run_inner(pytester, textwrap.dedent(SORTED) + textwrap.dedent(source)).assert_outcomes(passed=1)
+
+
 # --------------------------------------------------------------------------- session outputs
 
 
@@ -258,6 +307,83 @@ def test_marker_on_test_returning_a_model(pytester: pytest.Pytester) -> None:
             "*test_no_model: @pytest.mark.robustness needs the test to return a model or to take a `model` fixture*",
         ]
     )
+
+
+# --------------------------------------------------------------------------- validity flags
+
+CONSTANT = """
+import torch
+from torch import nn
+
+from robustcheck.models.classifier import ImageClassifier
+
+CONSTANT_FLAGS = ["chance-accuracy", "constant-prediction", "zero-gradients"]
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 5)
+
+    def forward(self, x):
+        return self.bias.expand(len(x), -1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def constant():
+    return ImageClassifier(Constant(), input_shape=(1, 8, 8), name="constant")
+"""
+
+
+def test_flagged_result_fails_unless_its_flags_are_allowed(pytester: pytest.Pytester) -> None:
+    source = CONSTANT + textwrap.dedent("""
+    def test_flagged(robustcheck):
+        robustcheck.assert_robust(constant(), load_data("digits").head(40), probe="fgsm", min_score=0.0, epsilons=[0, 0.1])
+
+    def test_allowed(robustcheck):
+        result = robustcheck.assert_robust(
+            constant(), load_data("digits").head(40), probe="fgsm", min_score=0.0, epsilons=[0, 0.1], allow_flags=CONSTANT_FLAGS
+        )
+        assert result.status == "ok"
+
+    def test_partly_allowed(robustcheck):
+        robustcheck.assert_robust(
+            constant(), load_data("digits").head(40), probe="fgsm", min_score=0.0, epsilons=[0, 0.1], allow_flags=["zero-gradients"]
+        )
+
+    def test_unknown_code(robustcheck):
+        robustcheck.assert_robust(constant(), load_data("digits").head(40), probe="fgsm", min_score=0.0, allow_flags=["chance"])
+
+    def test_good_model_passes(robustcheck):
+        robustcheck.assert_robust("digits-mlp", "digits", probe="fgsm", min_score=0.0, samples=16)
+    """)
+    result = run_inner(pytester, source, "--robustcheck-json=out.json")
+    result.assert_outcomes(passed=2, failed=3)
+    text = failure_text(result)
+    assert "robustness check failed: fgsm on constant: flagged chance-accuracy, constant-prediction, zero-gradients " \
+        "(allow with allow_flags=['chance-accuracy', 'constant-prediction', 'zero-gradients'])" in text
+    assert "flag:       constant-prediction: the model predicts class 3 for 100% of the 40 samples" in text
+    assert "robustness check failed: fgsm on constant: flagged chance-accuracy, constant-prediction " \
+        "(allow with allow_flags=['chance-accuracy', 'constant-prediction'])" in text
+    assert "flag:       zero-gradients (allowed): " in text
+    assert "allow_flags: unknown flag code 'chance'; the codes are chance-accuracy, constant-prediction" in text
+    runs = json.loads((pytester.path / "out.json").read_text())["runs"]
+    assert [[f["code"] for f in run["flags"]] for run in runs][-1] == []
+    assert {f["code"] for f in runs[0]["flags"]} == {"chance-accuracy", "constant-prediction", "zero-gradients"}
+
+
+def test_marker_allows_flags_by_code(pytester: pytest.Pytester) -> None:
+    source = CONSTANT + textwrap.dedent("""
+    @pytest.mark.robustness(probe="fgsm", min_score=0.0, data="digits", samples=40, epsilons=[0, 0.1], allow_flags=CONSTANT_FLAGS)
+    def test_allowed():
+        return constant()
+
+    @pytest.mark.robustness(probe="fgsm", min_score=0.0, data="digits", samples=40, epsilons=[0, 0.1])
+    def test_flagged():
+        return constant()
+    """)
+    result = run_inner(pytester, source)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*robustness check failed: fgsm on constant: flagged chance-accuracy, constant-prediction, zero-gradients*"])
 
 
 # --------------------------------------------------------------------------- disabled

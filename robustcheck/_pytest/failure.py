@@ -1,4 +1,5 @@
-"""The failure message of a robustness check in pytest: explanation, worst samples, reproduce command.
+"""The failure message of a robustness check in pytest: explanation, validity flags, worst samples,
+reproduce command.
 
 Private to the pytest plugin (:mod:`robustcheck.pytest_plugin`). Like the plugin it is imported in
 every pytest session, so it imports nothing heavy at module level: pandas and numpy only within
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 import numbers
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from robustcheck.errors import UsageError
 from robustcheck.params import format_spec
 from robustcheck.reports.formatting import format_value
+from robustcheck.run.flags import FLAG_CODES, audit_flags  # light: the rules import only the standard library
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from robustcheck.run.flags import Flag
     from robustcheck.run.runner import RunOutcome, RunSpec
 
 WORST_SAMPLES = 5
@@ -34,6 +38,22 @@ class Check:
     key: str
     reproduce: str
     min_score: float | None = None
+    #: the run's validity flags (set by :func:`flag_problems`) and the codes the test allows
+    flags: list[Flag] = field(default_factory=list)
+    allowed: frozenset[str] = frozenset()
+
+
+def flag_problems(check: Check, outcomes: Sequence[RunOutcome], allow_flags: Sequence[str] | str = ()) -> list[str]:
+    """Flag ``check`` (its run, compared with the session's ``outcomes``, which end with it) and say which
+    of its flags the test does not allow; an unknown code in ``allow_flags`` is a usage error."""
+    allowed = [allow_flags] if isinstance(allow_flags, str) else list(allow_flags)
+    unknown = [code for code in allowed if code not in FLAG_CODES]
+    if unknown:
+        raise UsageError(f"allow_flags: unknown flag code {unknown[0]!r}; the codes are {', '.join(FLAG_CODES)}")
+    check.allowed = frozenset(allowed)
+    check.flags = audit_flags(outcomes)[-1] if outcomes and outcomes[-1] is check.outcome else []
+    refused = [flag.code for flag in check.flags if flag.code not in check.allowed]
+    return [f"flagged {', '.join(refused)} (allow with allow_flags=[{', '.join(repr(c) for c in refused)}])"] if refused else []
 
 
 def explain(check: Check, problems: list[str]) -> str:
@@ -55,6 +75,8 @@ def explain(check: Check, problems: list[str]) -> str:
     metrics = _scalar_metrics(result.metrics)
     if metrics:
         lines.append(f"  metrics:    {metrics}")
+    for flag in check.flags:
+        lines.append(f"  flag:       {flag.code}{' (allowed)' if flag.code in check.allowed else ''}: {flag.message}")
     lines += _worst_lines(result.records)
     lines.append(f"  reproduce:  {check.reproduce}")
     return "\n".join(lines)

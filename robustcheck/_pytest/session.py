@@ -16,14 +16,14 @@ import json
 import math
 import shlex
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from robustcheck._pytest.failure import Check, audit_command, explain
+from robustcheck._pytest.failure import Check, audit_command, explain, flag_problems
 from robustcheck.jsonutil import json_default
 
 if TYPE_CHECKING:
@@ -37,6 +37,16 @@ DEFAULT_TOLERANCE = 0.02
 BASELINE_FORMAT = 1
 #: floating-point slack when comparing a score with its threshold or baseline.
 EPSILON = 1e-9
+
+
+class _DefaultSamples:
+    """``samples`` not given: all of an in-memory data set, the CLI default of a named one."""
+
+    def __repr__(self) -> str:
+        return "<default: all of an in-memory data set, 100 of a named one>"
+
+
+DEFAULT: Any = _DefaultSamples()
 
 
 # --------------------------------------------------------------------------- settings and baseline
@@ -178,7 +188,8 @@ class RobustCheck:
         probe: str,
         *,
         defense: str | None = None,
-        samples: int | None = None,
+        samples: int | str | None = DEFAULT,
+        input_shape: Sequence[int] | None = None,
         **params: Any,
     ) -> ProbeResult:
         """Run ``probe`` (``"fgsm"`` or ``"fgsm:epsilons=[0,0.1]"``, more ``params`` as keywords).
@@ -187,12 +198,14 @@ class RobustCheck:
             model: model spec or object.
             data: data spec or :class:`ImageDataset`; ``None`` for the model's ``default_data``.
             defense: defense spec applied to the model (``"bit-depth:bits=4"``).
-            samples: leading samples to use; ``None``: all of an in-memory data set, the CLI default
-                (100) of a named one.
+            samples: how many samples to use, a seeded, class-stratified draw (the session's seed);
+                ``None`` or ``"all"``: all of them. Default: all of an in-memory data set, the CLI
+                default (100) of a named one.
+            input_shape: ``(C, H, W)`` the model takes (default: what it declares, else the data's shape).
 
         The score is recorded in the test's ``user_properties`` as ``robustcheck:<probe>``.
         """
-        return self._check(model, data, probe, defense, samples, params).outcome.result
+        return self._check(model, data, probe, defense, samples, params, input_shape=input_shape).outcome.result
 
     def assert_robust(
         self,
@@ -202,19 +215,23 @@ class RobustCheck:
         probe: str,
         min_score: float,
         defense: str | None = None,
-        samples: int | None = None,
+        samples: int | str | None = DEFAULT,
+        input_shape: Sequence[int] | None = None,
+        allow_flags: Sequence[str] = (),
         **params: Any,
     ) -> ProbeResult:
         """Run ``probe`` and raise ``AssertionError`` unless it finished with ``score >= min_score``.
 
         With ``--robustcheck-baseline`` the score must also not drop more than the tolerance below
-        the score recorded for this test and probe. A timeout or error fails as inconclusive. The
-        message shows probe, parameters, score, threshold, seed, the worst samples and a command
-        that reproduces the run.
+        the score recorded for this test and probe. A timeout or error fails as inconclusive. A run
+        with validity flags (:mod:`robustcheck.run.flags`; cross-run flags compare it with the
+        session's earlier runs) fails unless ``allow_flags`` names each of its codes. The message
+        shows probe, parameters, score, threshold, seed, flags, the worst samples and a command that
+        reproduces the run.
         """
         __tracebackhide__ = True
-        check = self._check(model, data, probe, defense, samples, params, min_score=min_score)
-        problems = self._problems(check)
+        check = self._check(model, data, probe, defense, samples, params, min_score=min_score, input_shape=input_shape)
+        problems = self._problems(check) + flag_problems(check, self.outcomes, allow_flags)
         if problems:
             raise AssertionError(explain(check, problems))
         return check.outcome.result
@@ -261,9 +278,10 @@ class RobustCheck:
         data: Any,
         probe: str,
         defense: str | None,
-        samples: int | None,
+        samples: int | str | None,
         params: dict[str, Any],
         min_score: float | None = None,
+        input_shape: Sequence[int] | None = None,
     ) -> Check:
         __tracebackhide__ = True
         from robustcheck.defaults import DEFAULT_SAMPLES
@@ -274,11 +292,17 @@ class RobustCheck:
         if self._names.test != test:
             self._names = _ObjectNames(test)
         runner = Runner(None, quiet=True)
-        model_key, adapter = self._resolve_model(model, runner)
+        model_key, adapter = self._resolve_model(model, runner, input_shape)
         data_key = self._resolve_data(data, adapter, model_key, runner)
         named = isinstance(model, str) and not _is_object(data)
-        if samples is None and not _is_object(data):
-            samples = DEFAULT_SAMPLES
+        if samples is DEFAULT:
+            samples = None if _is_object(data) else DEFAULT_SAMPLES
+        elif samples is None or isinstance(samples, str):
+            if samples is not None and samples.strip().lower() != "all":
+                from robustcheck.errors import UsageError
+
+                raise UsageError(f"samples must be a positive integer, None or 'all', got {samples!r}")
+            samples = None
         spec = RunSpec(
             model=model_key,
             probe=probe_spec(probe),
@@ -288,6 +312,7 @@ class RobustCheck:
             samples=samples,
             seed=self.seed,
             budget_s=self.settings.budget_s,
+            model_options={"input_shape": list(_input_shape(input_shape))} if input_shape is not None else {},
         )
         outcome = runner.execute(spec)
         reproduce = audit_command(spec, outcome) if named else self._pytest_command()
@@ -296,7 +321,9 @@ class RobustCheck:
         self._record_property(check)
         return check
 
-    def _resolve_model(self, model: Any, runner: Runner) -> tuple[str, ImageClassifier]:
+    def _resolve_model(self, model: Any, runner: Runner, input_shape: Sequence[int] | None = None) -> tuple[str, ImageClassifier]:
+        if input_shape is not None:
+            input_shape = _input_shape(input_shape)
         if isinstance(model, str):
             if model not in self._models:
                 from robustcheck.models.loading import load_model
@@ -315,6 +342,10 @@ class RobustCheck:
             base = model.name if isinstance(model, ImageClassifier) else type(model).__name__
             key = self._names.name_for(model, base)
             adapter = model if isinstance(model, ImageClassifier) else ImageClassifier(model, name=key)
+        if input_shape is not None:  # input_shape=: the model takes images of this shape
+            from robustcheck.run.runner import rewrap
+
+            adapter = rewrap(adapter, {"input_shape": input_shape})
         runner.add_model(key, adapter)
         return key, adapter
 
@@ -462,6 +493,19 @@ def _is_score_table(scores: Any) -> bool:
         return False
     values = [v for entry in entries for v in entry.values()]
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
+def _input_shape(value: Any) -> tuple[int, int, int]:
+    """``input_shape=`` of the fixture: ``(C, H, W)``, three positive integers."""
+    try:
+        shape = tuple(int(d) for d in value)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        from robustcheck.errors import UsageError
+
+        raise UsageError(f"input_shape must be (C, H, W), three positive integers, got {value!r}")
+    return shape  # type: ignore[return-value]
 
 
 def _is_object(data: Any) -> bool:

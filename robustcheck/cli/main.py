@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--data", help="data source (default: each model's own)")
     audit.add_argument("--probe", action="append", help="probe as NAME or NAME:key=value,... (repeatable; default: the default probe set)")
     audit.add_argument("--defense", action="append", help="defense as NAME[:key=value,...] (repeatable; 'none' for bare models only; default: bare plus the default defenses)")
-    audit.add_argument("--samples", type=int, help=f"samples per run (default {DEFAULT_SAMPLES})")
+    audit.add_argument(
+        "--samples", type=_samples_arg, help=f"samples per run, a seeded class-stratified draw, or 'all' (default {DEFAULT_SAMPLES})"
+    )
+    audit.add_argument(
+        "--input-shape", type=_input_shape_arg, metavar="C,H,W",
+        help="image shape the models take, e.g. 3,32,32 (default: what each model declares, else the data's shape)",
+    )  # fmt: skip
     audit.add_argument("--seed", type=int, help="seed of every run (default 0)")
     audit.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT})")
     audit.add_argument("--config", help="audit configuration file (TOML); command-line options override it")
@@ -79,6 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("names", nargs="*", help="models to train (default: all)")
     train.add_argument("--out", help="folder for the weights (default: the installed package's)")
     return parser
+
+
+def _samples_arg(text: str) -> int | str:
+    """``--samples``: a positive integer or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return value
+
+
+def _input_shape_arg(text: str) -> tuple[int, int, int]:
+    """``--input-shape C,H,W``: three positive integers."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three positive integers, e.g. 3,32,32), got {text!r}")
+    return shape  # type: ignore[return-value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +206,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
         "probes": args.probe,
         "defenses": args.defense,
         "samples": args.samples,
+        "input_shape": args.input_shape,
         "seed": args.seed,
         "out": args.out,
         "fail_under": args.fail_under,
@@ -224,11 +256,13 @@ def _print_summary(outcomes: Sequence[Any], plan: Any) -> None:
     from rich.table import Table
 
     from robustcheck.reports.formatting import DASH, format_score
+    from robustcheck.run.flags import audit_flags
 
     table = Table(title="robustcheck audit", title_justify="left")
-    for column in ("model", "defense", "probe", "clean acc", "score", "status", "seconds"):
+    for column in ("model", "defense", "probe", "clean acc", "score", "status", "flags", "seconds"):
         table.add_column(column)
-    for o in outcomes:
+    flagged = audit_flags(outcomes)
+    for o, flags in zip(outcomes, flagged, strict=True):
         r = o.result
         clean = r.metrics.get("clean_accuracy")
         score = format_score(r.score)
@@ -236,10 +270,13 @@ def _print_summary(outcomes: Sequence[Any], plan: Any) -> None:
             score = f"[red]{score}[/red]"
         table.add_row(
             escape(o.spec.model), escape(str(o.spec.defense or DASH)), escape(o.spec.probe.name), format_score(clean), score,
-            r.status + (" (saved)" if o.resumed else ""), f"{r.seconds:.1f}",
+            r.status + (" (saved)" if o.resumed else ""), f"[yellow]{', '.join(f.code for f in flags)}[/yellow]", f"{r.seconds:.1f}",
         )  # fmt: skip
     console = Console()
     console.print(table)
+    for o, flags in zip(outcomes, flagged, strict=True):  # validity flags: the score may not measure robustness
+        for flag in flags:
+            console.print(f"[yellow]flag[/yellow] {escape(o.spec.label)}: {flag.code}: {escape(flag.message)}", soft_wrap=True)
     console.print(f"report: {escape(str(Path(plan.out) / 'report.html'))}")
 
 

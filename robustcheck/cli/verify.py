@@ -2,7 +2,7 @@
 
 Two modes:
 
-* ``--eps E --samples N`` (with ``--model NAME`` or ``--onnx FILE``): local robustness of the first ``N`` samples
+* ``--eps E --samples N`` (with ``--model NAME`` or ``--onnx FILE``): local robustness of ``N`` seeded, class-stratified samples
   of the model's data (or ``--data``) in the L-infinity ball of radius ``E``.
 * ``--vnnlib FILE``: a VNN-LIB 1.0 property on ``--onnx FILE`` (or ``--model``); ``--results OUT`` writes a
   VNN-COMP result file (``sat`` with the assignment, ``unsat``, ``timeout`` or ``unknown``). The VNN-LIB
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--semantics", choices=["float32", "real"], help="SAFE for the float32 model (default with --eps) "
                         "or for the real-valued network (default with --vnnlib, as in VNN-COMP)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of the PGD stage (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample draw and the PGD stage (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +112,7 @@ def _run_samples(args: argparse.Namespace) -> int:
     if source is None:
         raise UsageError(f"model {model.name!r} names no default data: give --data")
     samples = 10 if args.samples is None else args.samples
-    data = load_data(source).head(samples)
+    data = load_data(source).sample(samples, args.seed)  # seeded and class-stratified, like an audit
     probe = Z3Safety(
         eps=args.eps, timeout=args.timeout, engine=args.engine, semantics=args.semantics or "float32"
     )

@@ -68,8 +68,15 @@ class CaptionDataset(ImageDataset):
             raise UsageError(f"number of samples must be positive, got {n}")
         return self.subset(torch.arange(n))
 
+    def sample(self, n: int | None, seed: int = 0) -> CaptionDataset:
+        """A seeded random sample of ``n`` samples (``None``: all, shuffled): labels index captions
+        here, so there are no classes to stratify by. Same data, ``n`` and ``seed``, same samples."""
+        order = np.random.default_rng(seed % 2**64).permutation(len(self))[: self._sample_size(n)]
+        return self.subset(torch.from_numpy(order.astype(np.int64)))
+
     def subset(self, index: torch.Tensor) -> CaptionDataset:
         """The samples at ``index`` (int64 ``(M,)``), re-indexed captions included."""
+        index = torch.as_tensor(index, dtype=torch.long)
         texts = [self.captions[int(self.y[i])] for i in index.tolist()]
         return CaptionDataset(
             self.x[index],
@@ -79,6 +86,7 @@ class CaptionDataset(ImageDataset):
             self.bounds,
             dict(self.meta),
             captions=texts,
+            indices=self._source_index(index),
         )
 
 

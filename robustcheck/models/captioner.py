@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from robustcheck.data.captions import DIGIT_WORDS
-from robustcheck.errors import InputError, UsageError
-from robustcheck.models.classifier import ImageClassifier
+from robustcheck.errors import InputError, RequirementError, UsageError
+from robustcheck.models.classifier import ImageClassifier, check_finite
 
 PAD, START, END = "<pad>", "<start>", "<end>"
 
@@ -158,13 +158,16 @@ class ImageCaptioner(ImageClassifier):
             raise
         except Exception as exc:
             raise InputError(
-                f"captioner {self.name!r} encoder raised {type(exc).__name__} on input {tuple(x.shape)}: {exc}"
+                f"captioner {self.name!r} encoder raised {type(exc).__name__} on input {tuple(x.shape)}: "
+                f"{exc}{self._shape_hint(x)}"
             ) from exc
         if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[0] != x.shape[0]:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
             raise InputError(
-                f"captioner {self.name!r} encoder returned {shape}, expected features ({x.shape[0]}, D)"
+                f"captioner {self.name!r} encoder returned {shape} for {x.shape[0]} inputs, expected features "
+                f"({x.shape[0]}, D): one row per input"
             )
+        check_finite(features, f"captioner {self.name!r} encoder", "features", inputs=x)
         return features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,10 +178,12 @@ class ImageCaptioner(ImageClassifier):
     def token_logits(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, T, V)``; ``tokens`` ``(B, T)`` start with ``<start>``."""
         logits = self.decoder(features, tokens)
-        if logits.ndim != 3 or logits.shape[:2] != tokens.shape:
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[:2] != tokens.shape:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise InputError(
-                f"captioner {self.name!r} decoder returned {tuple(logits.shape)}, expected {(*tokens.shape, 'V')}"
+                f"captioner {self.name!r} decoder returned {shape}, expected {(*tokens.shape, 'V')}"
             )
+        check_finite(logits, f"captioner {self.name!r} decoder", "token logits", inputs=features)
         return logits
 
     def log_likelihood(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -214,6 +219,11 @@ class ImageCaptioner(ImageClassifier):
                 tokens = self.decode(self.encode(images[i : i + batch_size].to(self.device)))
                 out.extend(self.vocabulary.decode(row) for row in tokens.cpu().tolist())
         return out
+
+    def input_gradients(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+        """Not defined: a captioner has no class logits (caption attacks differentiate :meth:`log_likelihood`
+        and :meth:`encode`, and check them with :meth:`check_gradients`)."""
+        raise RequirementError(f"captioner {self.name!r} has no class logits to take input gradients of")
 
     def is_relu_network(self) -> bool:
         return False

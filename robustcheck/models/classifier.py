@@ -21,21 +21,61 @@ from robustcheck.errors import InputError
 RELU_NETWORK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Sequential, nn.Identity, nn.Unflatten)
 
 
-def extract_logits(output: Any) -> torch.Tensor:
-    """Return the logits tensor from a model output: a tensor, a dict, an object with ``.logits``, a tuple."""
+#: How to declare a model's input size, for error messages (CLI, API / pytest fixture, TOML).
+INPUT_SHAPE_HINT = (
+    "declare it with --input-shape C,H,W (CLI), input_shape=(C, H, W) (API, pytest fixture) "
+    "or input_shape = [C, H, W] in the TOML model table"
+)
+
+
+def extract_logits(output: Any, name: str | None = None) -> torch.Tensor:
+    """Return the logits tensor from a model output: a tensor, a dict, an object with ``.logits``, a tuple.
+
+    ``name``: the model's name, for the error message.
+    """
     if isinstance(output, torch.Tensor):
         return output
+    who = f"model {name!r}" if name is not None else "model"
     if isinstance(output, dict):
         for key in ("logits", "out", "output"):
             if key in output and isinstance(output[key], torch.Tensor):
                 return output[key]
-        raise InputError(f"model returned a dict without a 'logits' tensor (keys: {sorted(output)})")
+        raise InputError(f"{who} returned a dict without a 'logits' tensor (keys: {sorted(output)})")
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise InputError(f"model returned {type(output).__name__}, expected a logits tensor")
+    raise InputError(f"{who} returned {type(output).__name__}, expected a logits tensor")
+
+
+def check_finite(
+    values: torch.Tensor, who: str, what: str, verb: str = "returned", inputs: torch.Tensor | None = None
+) -> None:
+    """Raise :class:`InputError` ``"{who} {verb} NaN {what} for 3 of 64 inputs ..."`` if ``values`` (first
+    dimension: one row per input) holds NaN or Inf (``"NaN and Inf"`` when both occur).
+
+    ``inputs`` (one row per input too): rows whose input is itself non-finite are not the model's fault
+    and are not counted (an attack may probe such points); nothing is raised when only they are affected.
+    One reduction on a detached view when all is well: cheap on every forward pass, and autograd
+    through ``values`` is untouched.
+    """
+    detached = values.detach()
+    if bool(torch.isfinite(detached).all()):
+        return
+    rows = detached.reshape(len(detached), -1) if detached.ndim else detached.reshape(1, 1)
+    nan, inf = torch.isnan(rows).any(1), torch.isinf(rows).any(1)
+    if inputs is not None and len(inputs) == len(rows):
+        finite_input = torch.isfinite(inputs.detach().reshape(len(inputs), -1)).all(1).to(rows.device)
+        nan, inf = nan & finite_input, inf & finite_input
+    bad = int((nan | inf).sum())
+    if not bad:
+        return
+    kind = "NaN and Inf" if nan.any() and inf.any() else "NaN" if nan.any() else "Inf"
+    raise InputError(
+        f"{who} {verb} {kind} {what} for {bad} of {len(rows)} inputs: robustness cannot be measured on "
+        "non-finite values"
+    )
 
 
 class Normalize(nn.Module):
@@ -109,15 +149,41 @@ class ImageClassifier(nn.Module):
         """Logits ``(B, K)`` for images ``x`` of shape ``(B, C, H, W)`` in ``bounds`` (not validated)."""
         try:
             output = self.module(self.normalize(x) if self.normalize is not None else x)
-        except InputError:
-            raise
+        except InputError as exc:
+            # from the ONNX converter (say which model), or from an inner adapter (which named itself)
+            if "model '" in str(exc):
+                raise
+            raise InputError(f"model {self.name!r}: {exc}{self._shape_hint(x)}") from exc
         except Exception as exc:
-            shape = tuple(x.shape)
-            raise InputError(f"model {self.name!r} raised {type(exc).__name__} on input of shape {shape}: {exc}") from exc
-        logits = extract_logits(output)
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise InputError(f"model {self.name!r} returned shape {tuple(logits.shape)}, expected ({x.shape[0]}, classes)")
+            raise InputError(f"model {self.name!r} raised {type(exc).__name__} on input of shape {tuple(x.shape)}: {exc}{self._shape_hint(x)}") from exc
+        return self.check_logits(extract_logits(output, self.name), x)
+
+    def check_logits(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``logits`` if they are a finite ``(len(inputs), classes)`` tensor, else :class:`InputError` naming the
+        model and the problem (wrong number of dimensions, one row per input missing, NaN / Inf where the input
+        was finite). Checked on a detached view: autograd through ``logits`` is untouched."""
+        batch = len(inputs)
+        if logits.ndim != 2 or logits.shape[0] != batch:
+            if logits.ndim != 2:
+                why = "expected 2-D logits (batch, classes)"
+            else:
+                why = f"expected one row of logits per input, ({batch}, classes)"
+            raise InputError(f"model {self.name!r} returned shape {tuple(logits.shape)} for {batch} inputs: {why}")
+        check_finite(logits, f"model {self.name!r}", "logits", inputs=inputs)
         return logits
+
+    def _declared_hint(self) -> str:
+        """For inputs that do not fit the declared ``input_shape``: where the shape comes from."""
+        return f"; give data of that shape or, if the model takes another size, {INPUT_SHAPE_HINT}"
+
+    def _shape_hint(self, x: torch.Tensor) -> str:
+        """For errors on inputs ``x`` the network rejects: how to declare its input size when it declares none,
+        or the declared size when ``x`` has another."""
+        if self.input_shape is not None:
+            if x.ndim == 4 and tuple(x.shape[1:]) != self.input_shape:
+                return f" (model {self.name!r} declares input_shape {self.input_shape}, the input has {tuple(x.shape[1:])})"
+            return ""
+        return f" (model {self.name!r} declares no input_shape; if it takes one image size only, {INPUT_SHAPE_HINT})"
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -125,6 +191,41 @@ class ImageClassifier(nn.Module):
         with self.eval_mode():
             parts = [self(x[i : i + batch_size].to(self.device)).float().cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(parts) if parts else torch.empty(0, self.num_classes or 0)
+
+    def input_gradients(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+        """Gradients ``(B, C, H, W)`` of each image's cross-entropy loss (logits vs label ``y``) with respect to
+        its pixels, in eval mode with the parameters frozen, in batches; returned on the CPU as float32.
+
+        Zero where the output does not depend on the input (a constant model). NaN or Inf gradients (or logits)
+        raise :class:`InputError` naming the model (see :meth:`check_gradients`): gradient attacks on them would
+        report robustness they did not measure.
+        """
+        parts = []
+        with self.eval_mode(), self.frozen(), torch.enable_grad():
+            for i in range(0, len(x), batch_size):
+                xb = x[i : i + batch_size].detach().to(self.device).requires_grad_(True)
+                yb = y[i : i + batch_size].to(self.device).long()
+                logits = self(xb).float()
+                try:
+                    loss = nn.functional.cross_entropy(logits, yb, reduction="sum")
+                except (IndexError, RuntimeError) as exc:  # labels outside the classes
+                    raise InputError(
+                        f"model {self.name!r}: labels must lie in 0..{logits.shape[1] - 1} for its "
+                        f"{logits.shape[1]} logits ({type(exc).__name__}: {exc})"
+                    ) from exc
+                grad = torch.autograd.grad(loss, xb, allow_unused=True)[0] if loss.requires_grad else None
+                grad = torch.zeros_like(xb) if grad is None else grad
+                self.check_gradients(grad, inputs=xb)
+                parts.append(grad.detach().float().cpu())
+        return torch.cat(parts) if parts else torch.empty(0, *x.shape[1:])
+
+    def check_gradients(
+        self, grad: torch.Tensor, what: str = "input gradients", inputs: torch.Tensor | None = None
+    ) -> None:
+        """Raise :class:`InputError` (``"model 'm' has NaN input gradients for 3 of 64 inputs ..."``) if ``grad``
+        (one row per input) holds NaN or Inf; for gradient probes that compute gradients themselves. Rows whose
+        ``inputs`` (when given) are non-finite themselves are not counted."""
+        check_finite(grad, f"model {self.name!r}", what, verb="has", inputs=inputs)
 
     @property
     def num_classes(self) -> int | None:
@@ -154,11 +255,12 @@ class ImageClassifier(nn.Module):
             if x.shape[1] != channels or x.shape[2] < height or x.shape[3] < width:
                 raise InputError(
                     f"model {self.name!r} needs images with {channels} channels and at least {height}x{width} pixels, "
-                    f"{what} has shape {tuple(x.shape[1:])} (C, H, W)"
+                    f"{what} has shape {tuple(x.shape[1:])} (C, H, W){self._declared_hint()}"
                 )
         elif self.input_shape is not None and tuple(x.shape[1:]) != self.input_shape:
             raise InputError(
-                f"model {self.name!r} expects images of shape {self.input_shape} (C, H, W), {what} has {tuple(x.shape[1:])}"
+                f"model {self.name!r} expects images of shape {self.input_shape} (C, H, W), {what} has "
+                f"{tuple(x.shape[1:])}{self._declared_hint()}"
             )
         if not torch.isfinite(x).all():
             raise InputError(f"{what} contains NaN or Inf values")

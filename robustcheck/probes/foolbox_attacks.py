@@ -15,11 +15,18 @@ Athalye et al. 2018): for randomised defenses, each gradient then averages N ran
 Metrics: ``clean_accuracy``; ``robust_accuracy`` (epsilon as a string -> accuracy);
 ``auc`` (area under the robust-accuracy curve over the epsilon range, in [0, 1]);
 ``attack_success_rate`` (fooled at the largest epsilon, among clean-correct samples);
-``median_min_epsilon`` (over clean-correct samples fooled within the range).
+``median_min_epsilon`` (over clean-correct samples fooled within the range); ``bounds`` (the model's,
+for the validity flags); for the gradient attacks ``zero_gradient_fraction``: the share of samples whose
+loss gradient with respect to the input, at the clean image, is exactly zero (records: ``zero_gradient``).
+
+Epsilons must lie within what the model's bounds allow: an Linf epsilon above ``high - low`` (or an L2
+radius above ``(high - low) * sqrt(C*H*W)``) can move every pixel anywhere already, so it is refused
+before the run.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -31,7 +38,7 @@ from torch import nn
 
 from robustcheck.api import Artifact, Probe, ProbeResult, RunContext
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.errors import InputError, ProbeTimeout
+from robustcheck.errors import InputError, ProbeTimeout, UsageError
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.ops.metrics import epsilon_key, normalized_auc, robust_accuracy_curve
 from robustcheck.params import Param
@@ -62,9 +69,34 @@ class FoolboxAttack(Probe):
     def make_attack(self, fb: Any) -> Any:
         raise NotImplementedError
 
+    def check_requirements(self, model: ImageClassifier) -> None:  # type: ignore[override]
+        """The base checks, then the epsilons against the model's bounds (L2: when its input shape is known;
+        :meth:`run` checks again with the data's shape)."""
+        super().check_requirements(model)
+        self.check_epsilons(model, model.input_shape)
+
+    def check_epsilons(self, model: ImageClassifier, shape: Sequence[int] | None) -> None:
+        """Refuse epsilons larger than any perturbation within ``model.bounds`` can be (``shape``: ``(C, H, W)``)."""
+        low, high = model.bounds
+        span = high - low
+        if self.norm == "linf":
+            limit, why = span, f"an Linf epsilon above high - low = {span:g} is meaningless"
+        elif shape is not None:
+            limit = span * math.sqrt(math.prod(int(d) for d in shape))
+            why = f"an L2 radius above (high - low) * sqrt(C*H*W) = {limit:g} for inputs {tuple(int(d) for d in shape)} is meaningless"
+        else:
+            return
+        too_large = [eps for eps in self.epsilons if eps > limit * (1 + 1e-9)]
+        if too_large:
+            raise UsageError(
+                f"probe {self.name!r}: epsilon {too_large[0]:g} is outside the range of model {model.name!r} "
+                f"(bounds [{low:g}, {high:g}]): {why}; use epsilons <= {limit:g}"
+            )
+
     # -- running -------------------------------------------------------------------------------
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
         epsilons: list[float] = self.epsilons
+        self.check_epsilons(model, data.shape)
         surrogate = context.bare_model if context.bare_model is not None and not self.adaptive else model
         rows: list[dict[str, Any]] = []
         clipped_parts, disagreements = [], 0
@@ -79,6 +111,10 @@ class FoolboxAttack(Probe):
             y = data.y[start : start + context.batch_size]
             clipped, fb_success = self._attack(surrogate, x, y)
             held, batch_rows = self._evaluate(model, x, y, clipped, start)
+            zero = self._zero_gradients(surrogate, x, y)
+            if zero is not None:
+                for row, flag in zip(batch_rows, zero.tolist(), strict=True):
+                    row["zero_gradient"] = bool(flag)
             if surrogate is model:  # foolbox judged success on the same model: count where it disagrees
                 disagreements += int((fb_success.numpy() == held).sum())
             clipped_parts.append(clipped)
@@ -89,6 +125,7 @@ class FoolboxAttack(Probe):
         records = pd.DataFrame(rows)
         adaptive = bool(self.adaptive) if context.bare_model is not None else None
         metrics = self._metrics(records, disagreements, adaptive)
+        metrics["bounds"] = list(model.bounds)
         artifacts = self._examples(model, data, records, torch.cat(clipped_parts, dim=1), epsilons)
         return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
 
@@ -116,6 +153,11 @@ class FoolboxAttack(Probe):
             # foolbox's success flags contradicting the re-run (only when crafted on the target itself)
             "foolbox_disagreements": int(disagreements),
             "samples": len(records),
+            **(
+                {"zero_gradient_fraction": float(records["zero_gradient"].astype(bool).mean())}
+                if "zero_gradient" in records.columns
+                else {}
+            ),
         }
 
     shardable = True
@@ -128,6 +170,8 @@ class FoolboxAttack(Probe):
         )
         disagreements = sum(int(p.metrics["foolbox_disagreements"]) for p in parts)
         metrics = self._metrics(records, disagreements, parts[0].metrics.get("adaptive"))
+        if "bounds" in parts[0].metrics:
+            metrics["bounds"] = parts[0].metrics["bounds"]
         artifacts = [a for p in parts for a in p.artifacts][: self.examples]
         timeouts = [p.message for p in parts if p.status == "timeout"]
         status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
@@ -155,6 +199,24 @@ class FoolboxAttack(Probe):
                     f"{x.max().item():.4g}] must lie within the model bounds [{low:g}, {high:g}] ({exc or 'assertion failed'})"
                 ) from exc
         return torch.stack([c.detach().cpu() for c in clipped]), torch.stack([s.cpu() for s in success])
+
+    def _zero_gradients(self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor) -> np.ndarray | None:
+        """Per sample: is the gradient of the cross-entropy loss with respect to the input, at the clean
+        image, exactly zero on the model the attack crafts on? ``None`` for attacks that use no gradients
+        and models without them."""
+        if "gradients" not in self.requires or surrogate.gradients == "none":
+            return None
+        adapter_gradients = getattr(surrogate, "input_gradients", None)
+        if callable(adapter_gradients):  # the adapter's own: it also refuses NaN / Inf gradients, naming the model
+            grad = adapter_gradients(x, y)
+        else:
+            with surrogate.eval_mode(), surrogate.frozen(), torch.enable_grad():
+                x = x.to(surrogate.device).detach().requires_grad_(True)
+                loss = nn.functional.cross_entropy(surrogate(x), y.to(surrogate.device), reduction="sum")
+                # zero where the output does not depend on the input at all
+                grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+            grad = torch.zeros_like(x) if grad is None else grad
+        return (grad.detach().flatten(1) == 0).all(dim=1).cpu().numpy()
 
     def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
         """One foolbox call: per-epsilon clipped adversarials and success flags."""
@@ -351,20 +413,23 @@ class Boundary(FoolboxAttack):
         """foolbox's BoundaryAttack raises ValueError for the whole batch when its random-noise
         initialisation finds no adversarial start for some sample (and warns first). Run that same
         initialisation here and attack only the samples it found a start for; the others count as
-        not fooled (their adversarial is the clean image)."""
+        not fooled (their adversarial is the clean image). Samples misclassified already are not
+        attacked either: their adversarial is the clean image itself, and foolbox's walk would divide
+        by their zero distance to it (NaN candidates, which the model adapter refuses)."""
         epsilons = self.epsilons
         init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(steps=50)  # foolbox's default init_attack
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*failed to draw sufficient random inputs", category=UserWarning)
             starts = init.run(fmodel, x, fb.criteria.Misclassification(y))
         with torch.no_grad():
-            found = fmodel(starts).argmax(1) != y
+            wrong = fmodel(x).argmax(1) != y
+            found = (fmodel(starts).argmax(1) != y) & ~wrong
         attack = self.make_attack(fb)
         if bool(found.all()):
             _, clipped, success = attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=epsilons, starting_points=starts)
             return clipped, success
         clipped = [x.clone() for _ in epsilons]
-        success = [torch.zeros(len(x), dtype=torch.bool, device=x.device) for _ in epsilons]
+        success = [wrong.clone() for _ in epsilons]
         if bool(found.any()):
             _, part, part_success = attack(
                 fmodel, x[found], fb.criteria.Misclassification(y[found]), epsilons=epsilons, starting_points=starts[found]

@@ -48,13 +48,23 @@ RowKey = tuple[str, str | None]
 
 
 @dataclass
+class FlagView:
+    """A validity flag of a run (``run["flags"]`` in results.json): its code and one-line message."""
+
+    code: str
+    message: str
+
+
+@dataclass
 class Cell:
-    """One summary-table cell: the text shown, its CSS class, an optional note and tooltip."""
+    """One summary-table cell: the text shown, its CSS class, an optional note and tooltip, and the
+    validity flags of the run(s) it shows (marked next to the score)."""
 
     text: str
     css: str
     note: str = ""
     tooltip: str = ""
+    flags: list[FlagView] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +141,8 @@ class ProbeSection:
     charts: list[Markup] = field(default_factory=list)
     tables: list[TableView] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    #: (run label, flag) for every flagged run of the section, explained below its run table
+    flags: list[tuple[str, FlagView]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- formatting helpers
@@ -185,7 +197,22 @@ def _score_cell(run: Mapping[str, Any], fail_under: float | None, *, notes: bool
         note = _truncate(message, NOTE_CHARS)
     elif notes and status != "ok":
         note = status
-    return Cell(text, css, note=note, tooltip=message)
+    return Cell(text, css, note=note, tooltip=message, flags=run_flags(run))
+
+
+def run_flags(run: Mapping[str, Any]) -> list[FlagView]:
+    """The validity flags of a results.json run (``[]`` for runs written before flags existed)."""
+    flags = run.get("flags") or []
+    return [FlagView(str(f.get("code", "?")), str(f.get("message") or "")) for f in flags if isinstance(f, Mapping)]
+
+
+def _unique_flags(runs: Iterable[Mapping[str, Any]]) -> list[FlagView]:
+    """The flags of ``runs``, one per code (the first run's message)."""
+    seen: dict[str, FlagView] = {}
+    for run in runs:
+        for flag in run_flags(run):
+            seen.setdefault(flag.code, flag)
+    return list(seen.values())
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -205,6 +232,7 @@ def _summary_cell(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -
     if not runs:
         return Cell(DASH, "missing")
     cell = _score_cell(_pick_run(runs), fail_under)
+    cell.flags = _unique_flags(runs)  # every run of the cell: a flag on any of them casts doubt on the cell
     if len(runs) > 1:
         cell.note = (cell.note + " " if cell.note else "") + f"min of {len(runs)} runs"
     return cell
@@ -390,6 +418,7 @@ def build_section(
         charts=build_charts(probe, runs),
         tables=build_tables(runs),
         figures=_figures(runs, artifacts),
+        flags=[(label, flag) for label, r in zip(_series_labels(runs), runs, strict=True) for flag in run_flags(r)],
     )
 
 
@@ -497,6 +526,7 @@ def build_context(
         "seed": format_value(results.get("seed")),
         "version": str(results.get("robustcheck_version") or DASH),
         "n_runs": len(runs),
+        "n_flagged": sum(1 for r in runs if run_flags(r)),
         "fail_under": None if fail_under is None else f"{fail_under:.3f}",
         "pass_summary": _pass_summary(runs, fail_under),
         "probes": probes,

@@ -46,11 +46,12 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX runs_key ON runs (model, defense, probe, params)",
     ],
+    2: ["ALTER TABLE runs ADD COLUMN flags TEXT"],  # validity flags (robustcheck.run.flags), JSON; NULL before
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 COLUMNS = (
     "run_id", "model", "weights_hash", "defense", "data", "probe", "params", "samples", "seed", "score",
-    "clean_accuracy", "metrics", "status", "seconds", "robustcheck_version", "environment", "created", "report",
+    "clean_accuracy", "metrics", "status", "seconds", "robustcheck_version", "environment", "created", "report", "flags",
 )  # fmt: skip
 
 
@@ -135,6 +136,7 @@ class ResultsDB:
 def _decode(frame: pd.DataFrame) -> pd.DataFrame:
     frame["params"] = frame["params"].map(json.loads)
     frame["metrics"] = frame["metrics"].map(json.loads)
+    frame["flags"] = frame["flags"].map(lambda text: json.loads(text) if isinstance(text, str) and text else [])
     return frame
 
 
@@ -147,6 +149,7 @@ def _rows(results: dict[str, Any], report: str | None, hashes: dict[str, str]) -
             run["probe"], json.dumps(run.get("params") or {}, sort_keys=True), run.get("samples"), run.get("seed"),
             run.get("score"), metrics.get("clean_accuracy"), json.dumps(metrics), run.get("status", "ok"),
             run.get("seconds"), results.get("robustcheck_version"), environment, results.get("created", ""), report,
+            json.dumps(run.get("flags") or []),
         )  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 Config file (every key optional; command-line options override)::
 
     seed = 0
-    samples = 100
+    samples = 100             # a seeded, class-stratified draw; "all" for every sample
     out = "robustcheck-report"
     results_db = "results.db"  # runs are appended here for leaderboards (default: OUT/results.db)
     data = "digits-rgb32"
@@ -23,8 +23,10 @@ Config file (every key optional; command-line options override)::
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,7 @@ class AuditPlan:
     probes: list[ProbeChoice] | None  # None: each model's default probe set
     defenses: list[PluginSpec | None] | None  # None: bare plus the default defenses
     data: str | None = None
-    samples: int = DEFAULT_SAMPLES
+    samples: int | None = DEFAULT_SAMPLES  # None: all
     seed: int = 0
     out: Path = Path(DEFAULT_OUT)
     fail_under: float | None = None
@@ -84,6 +86,14 @@ class AuditPlan:
     ray_task_cpus: float | None = None  # per-task resources, overriding what probes declare
     ray_task_gpus: float | None = None
     shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
+
+    def __post_init__(self) -> None:
+        """A model, probe or defense given twice runs once (the first occurrence keeps its place)."""
+        self.models = _unique(self.models, lambda m: (m.source, json.dumps(m.options, sort_keys=True, default=str)))
+        if self.probes is not None:
+            self.probes = _unique(self.probes, lambda p: p.spec)
+        if self.defenses is not None:
+            self.defenses = _unique(self.defenses, lambda d: d)
 
     def make_executor(self) -> Any:
         """The executor the audit runs on (checked, and Ray imported, before any run)."""
@@ -98,9 +108,14 @@ class AuditPlan:
     def from_sources(cls, cli: dict[str, Any], config: str | Path | None = None) -> AuditPlan:
         """Merge a TOML config (if any) with command-line options (which win)."""
         values = load_config(config) if config else {}
-        values.update(cli)
+        input_shape = cli.get("input_shape")  # --input-shape: every model of the audit takes images of this shape
+        values.update({k: v for k, v in cli.items() if k != "input_shape"})
         if isinstance(values.get("models"), list) and values["models"] and isinstance(values["models"][0], str):
             values["models"] = [_model_choice(m, f"models[{i}]") for i, m in enumerate(values["models"])]
+        if input_shape is not None:
+            shape = [int(d) for d in input_shape]
+            models = values.get("models") or [ModelChoice(DEFAULT_MODEL)]
+            values["models"] = [ModelChoice(m.source, {**m.options, "input_shape": shape}) for m in models]
         probes = values.get("probes")
         if probes is not None:
             values["probes"] = [p if isinstance(p, ProbeChoice) else _probe_choice(p, f"probes[{i}]") for i, p in enumerate(probes)]
@@ -113,7 +128,7 @@ class AuditPlan:
             probes=values.get("probes"),
             defenses=values.get("defenses"),
             data=values.get("data"),
-            samples=_positive_int(values.get("samples", DEFAULT_SAMPLES), "samples"),
+            samples=samples_value(values.get("samples", DEFAULT_SAMPLES)),
             seed=int(values.get("seed", 0)),
             out=Path(values.get("out", DEFAULT_OUT)),
             fail_under=values.get("fail_under"),
@@ -169,10 +184,10 @@ class AuditPlan:
                             budget_s=self.budget,
                             batch_size=self.batch_size,
                             model_options=choice.options,
-                            shards=min(self.shards, self.samples) if shardable else 1,
+                            shards=(min(self.shards, self.samples) if self.samples is not None else self.shards) if shardable else 1,
                         )
                     )
-        return specs
+        return _unique(specs, lambda spec: spec.run_id)  # equal after checking ("8/255" and 0.0313...): run once
 
 
 def _default_specs(kind: str) -> list[PluginSpec]:
@@ -250,6 +265,29 @@ def _probe_choice(value: Any, where: str) -> ProbeChoice:
         raise UsageError(f"{where}: 'fail_under' must be a number, got {fail_under!r}")
     spec = probe_spec(value["name"])
     return ProbeChoice(PluginSpec(spec.kind, spec.name, {**spec.params, **params}), fail_under)
+
+
+def _unique(items: list[Any], key: Callable[[Any], Any]) -> list[Any]:
+    """``items`` without repeats (by ``key``), in first-occurrence order."""
+    seen: set[Any] = set()
+    out = []
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+    return out
+
+
+def samples_value(value: Any, key: str = "samples") -> int | None:
+    """A sample count: a positive integer, or ``"all"`` / ``None`` for every sample (``None``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UsageError(f"{key!r} must be a positive integer or \"all\", got {value!r}")
+    return value
 
 
 def _positive_int(value: Any, key: str) -> int:

@@ -9,6 +9,7 @@ persists every finished run at once (:class:`~robustcheck.run.checkpoint.RunStor
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -38,8 +39,12 @@ from robustcheck.params import PluginSpec
 from robustcheck.plugins import create, plugin_class
 from robustcheck.reports.html import write_report
 from robustcheck.run.checkpoint import RunStore
+from robustcheck.run.flags import audit_flags
 from robustcheck.run.history import ResultsDB, weights_hash
 from robustcheck.seeding import seed_everything
+
+#: How a run draws its samples (part of ``run_id``): seeded and class-stratified, classes interleaved.
+SAMPLING = "stratified"
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,13 @@ class RunSpec:
             here, and ``params`` (keyword only at construction) are merged into it.
         data: data spec; ``None`` means the model's default data.
         defense: the defense with its parameters (text is parsed like ``probe``), or ``None``.
-        samples: number of leading samples of the data to use (``None``: all).
-        seed: seed for everything random in this run.
+        samples: how many samples of the data to use, a seeded, class-stratified draw
+            (:meth:`~robustcheck.data.dataset.ImageDataset.sample`; ``None``: all of them).
+        seed: seed for everything random in this run, the draw of its samples included.
         budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
         model_options: adapter options the model was loaded with (bounds, mean, std, labels, ...);
             part of ``run_id``, so resuming after changing them recomputes the runs.
-        shards: split the samples into this many contiguous shards, each its own unit (run in parallel
+        shards: split the drawn samples into this many contiguous shards, each its own unit (run in parallel
             by the ray executor), merged by the probe (``Probe.merge``) into this run's result.
         shard: set on a shard unit: which shard of ``shards`` it is (``None`` for a whole run).
     """
@@ -99,6 +105,8 @@ class RunSpec:
             "samples": self.samples,
             "seed": self.seed,
             "batch_size": self.batch_size,
+            # how samples are drawn: run ids of first-N runs (before stratified sampling) never match
+            "sampling": SAMPLING,
         }
         # defaults are left out, so run ids of specs without these fields stay as they were
         for key, default in (("model_options", {}), ("shards", 1), ("shard", None)):
@@ -126,13 +134,19 @@ class RunSpec:
 
 @dataclass
 class RunOutcome:
-    """A finished run: its spec, the result and whether it came from the store (``resumed``)."""
+    """A finished run: its spec, the result and whether it came from the store (``resumed``).
+
+    ``indices``: the dataset indices of the samples it ran on, in the order the probe saw them
+    (``None``: unknown); ``labels``: the class names of the model as audited (``None``: none).
+    """
 
     spec: RunSpec
     result: ProbeResult
     data_name: str
     score_doc: str = ""
     resumed: bool = False
+    indices: list[int] | None = None
+    labels: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
@@ -152,6 +166,8 @@ class RunOutcome:
             "seconds": round(r.seconds, 3),
             "seed": r.seed,
             "score_doc": self.score_doc,
+            "indices": self.indices,
+            "labels": self.labels,
         }
 
 
@@ -188,15 +204,20 @@ class Runner:
             self.store.clear()
         self._models: dict[str, ImageClassifier] = {}
         self._data: dict[str, ImageDataset] = {}
+        self._samples: dict[tuple[str, int | None, int], ImageDataset] = {}  # (data, samples, seed) -> the draw
+        self._audited: dict[tuple[str, str], ImageClassifier] = {}  # (model, data) -> the model as audited on it
 
     # -- resolution (cached) -------------------------------------------------------------------
     def add_model(self, name: str, model: ImageClassifier) -> None:
         """Make an in-memory model available to specs under ``name``."""
         self._models[name] = model
+        self._audited = {key: m for key, m in self._audited.items() if key[0] != name}
 
     def add_data(self, name: str, data: ImageDataset) -> None:
         """Make an in-memory data set available to specs under ``name``."""
         self._data[name] = data
+        self._samples = {key: d for key, d in self._samples.items() if key[0] != name}
+        self._audited = {key: m for key, m in self._audited.items() if key[1] != name}
 
     def model(self, spec: str) -> ImageClassifier:
         if spec not in self._models:
@@ -204,28 +225,53 @@ class Runner:
         return self._models[spec]
 
     def data_for(self, spec: RunSpec) -> ImageDataset:
-        """The samples ``spec`` runs on, checked against its model (shape, bounds, label range)."""
-        model = self.model(spec.model)
-        name = spec.data or model.default_data
-        if name is None:
-            raise InputError(f"model {spec.model!r} names no default data: pass --data")
-        if name not in self._data:
-            self._data[name] = load_data(name)
-        data = self._data[name].head(spec.samples)
+        """The samples ``spec`` runs on, checked against its model (shape, bounds, label range).
+
+        They are a seeded, class-stratified draw of ``spec.samples`` (:meth:`ImageDataset.sample`, the
+        run's seed), then the run's shard of that draw; ``indices`` says where each came from.
+        """
+        name = self._data_name(spec)
+        key = (name, spec.samples, spec.seed)
+        if key not in self._samples:
+            self._samples[key] = self._data[name].sample(spec.samples, spec.seed)
+        data = self._samples[key]
         if spec.shard is not None:
             start, stop = shard_bounds(len(data), spec.shards)[spec.shard]
             data = data.subset(torch.arange(start, stop))
+        model = self.model_for(spec)
         larger_ok = getattr(plugin_class(spec.probe), "accepts_larger_inputs", False)
         model.validate(data.x, what=f"data {name!r}", larger_ok=larger_ok)  # every sample: bounds are per-sample
         if model.num_classes is not None and len(data) and int(data.y.max()) >= model.num_classes:
             raise InputError(f"data {name!r} has label {int(data.y.max())} but model {spec.model!r} has {model.num_classes} classes")
         return data
 
+    def _data_name(self, spec: RunSpec) -> str:
+        """The data set ``spec`` names (or its model's default), loaded once."""
+        name = spec.data or self.model(spec.model).default_data
+        if name is None:
+            raise InputError(f"model {spec.model!r} names no default data: pass --data")
+        if name not in self._data:
+            self._data[name] = load_data(name)
+        return name
+
+    def model_for(self, spec: RunSpec) -> ImageClassifier:
+        """The model of ``spec`` as audited on its data: what it does not declare, the data supplies.
+
+        A model without ``input_shape`` takes the data's image shape (so probes never feed it another
+        size); a classifier without ``labels`` takes the data's class names when their count equals its
+        number of outputs (so reports show names). The model itself (:meth:`model`) is left unchanged.
+        """
+        name = self._data_name(spec)
+        key = (spec.model, name)
+        if key not in self._audited:
+            self._audited[key] = audited_model(self.model(spec.model), self._data[name])
+        return self._audited[key]
+
     def check(self, specs: Sequence[RunSpec]) -> None:
         """Resolve every name, parameter, model and data set before running anything (fail fast)."""
         for spec in specs:
-            model = self.model(spec.model)
             data = self.data_for(spec)
+            model = self.model_for(spec)
             sample = data.x[:2]
             if model.input_shape is not None:  # a probe may take larger photos and crop them itself
                 sample = sample[..., : model.input_shape[1], : model.input_shape[2]]
@@ -241,8 +287,8 @@ class Runner:
     # -- execution -----------------------------------------------------------------------------
     def execute(self, spec: RunSpec, progress: Any = None) -> RunOutcome:
         """Run one unit now (no store lookup); probe errors become status ``error``."""
-        model = self.model(spec.model)
         data = self.data_for(spec)
+        model = self.model_for(spec)
         # seed after the cached model and data are resolved: building a model the first time draws
         # random initial weights, which would otherwise make a run depend on whether it came first
         seed_everything(spec.seed)
@@ -268,7 +314,7 @@ class Runner:
         except Exception as exc:  # a probe's bug must not lose the audit: record it, keep going
             result = ProbeResult(None, status="error", message=f"probe {spec.probe.name!r} raised {type(exc).__name__}: {exc}")
         result.seed, result.seconds = spec.seed, time.perf_counter() - start
-        return RunOutcome(spec, result, data.name, probe.score_doc)
+        return RunOutcome(spec, result, data.name, probe.score_doc, indices=data.dataset_indices, labels=model.labels)
 
     def run(self, specs: Sequence[RunSpec], executor: Any = None) -> list[RunOutcome]:
         """Execute ``specs``, reusing stored runs; each finished run is saved the moment it arrives.
@@ -308,7 +354,8 @@ class Runner:
             result = probe.merge(results, offsets)
         result.seed, result.seconds = spec.seed, sum(r.seconds for r in results)
         data_name = parts[0].data_name if parts[0] is not None else ""
-        outcome = RunOutcome(spec, result, data_name, probe.score_doc)
+        data = self.data_for(spec)
+        outcome = RunOutcome(spec, result, data_name, probe.score_doc, indices=data.dataset_indices, labels=self.model_for(spec).labels)
         self._save(outcome)
         return outcome
 
@@ -341,7 +388,9 @@ class Runner:
             row["score"], row["metrics"], records, artifacts, tables,
             status=row["status"], message=row["message"], seed=row["seed"], seconds=row["seconds"],
         )  # fmt: skip
-        return RunOutcome(spec, result, row["data"], row.get("score_doc", ""), resumed=True)
+        return RunOutcome(
+            spec, result, row["data"], row.get("score_doc", ""), resumed=True, indices=row.get("indices"), labels=row.get("labels")
+        )
 
     def _save(self, outcome: RunOutcome) -> None:
         if self.store is not None:
@@ -350,13 +399,13 @@ class Runner:
 
     # -- outputs -------------------------------------------------------------------------------
     def results(self, outcomes: Sequence[RunOutcome], seed: int) -> dict[str, Any]:
-        """The canonical ``results.json`` content."""
+        """The canonical ``results.json`` content; each run carries its validity ``flags`` (:mod:`robustcheck.run.flags`)."""
         return {
             "robustcheck_version": robustcheck.__version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seed": seed,
             "environment": environment(),
-            "runs": [o.to_json() for o in outcomes],
+            "runs": [{**o.to_json(), "flags": [f.to_json() for f in flags]} for o, flags in zip(outcomes, audit_flags(outcomes), strict=True)],
         }
 
     def write_outputs(
@@ -378,8 +427,43 @@ class Runner:
         return results
 
 
+def audited_model(model: ImageClassifier, data: ImageDataset) -> ImageClassifier:
+    """``model`` re-wrapped with what it does not declare and ``data`` supplies (see :meth:`Runner.model_for`):
+    ``input_shape`` from the images, ``labels`` from the data's class names when their count equals the
+    model's number of outputs (a classifier only). ``model`` itself when it declares both."""
+    options: dict[str, Any] = {}
+    if model.input_shape is None:
+        options["input_shape"] = tuple(int(d) for d in data.x.shape[1:])
+    if model.labels is None and data.classes and not getattr(model, "is_captioner", False) and len(data):
+        try:
+            outputs = model.predict(data.x[:1]).shape[1]
+        except RobustCheckError:  # a model that fails on the data fails where it runs (check, execute)
+            outputs = None
+        if outputs == len(data.classes):
+            options["labels"] = [str(c) for c in data.classes]
+    return rewrap(model, options) if options else model
+
+
+def rewrap(model: ImageClassifier, options: dict[str, Any]) -> ImageClassifier:
+    """``model`` with adapter ``options`` (``input_shape``, ``labels``) overriding its own, same network.
+
+    :meth:`ImageClassifier.with_options` where the class provides it; a subclass that does not (its
+    constructor differs) gets a shallow copy with the attributes replaced, so it keeps its behaviour.
+    """
+    if type(model) is ImageClassifier or type(model).with_options is not ImageClassifier.with_options:
+        return model.with_options(options)
+    adapted = copy.copy(model)
+    for key, value in options.items():
+        setattr(adapted, key, tuple(int(d) for d in value) if key == "input_shape" else list(value) if key == "labels" else value)
+    return adapted
+
+
 def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
-    """All per-sample rows, each prefixed by the run it belongs to."""
+    """All per-sample rows, each prefixed by the run it belongs to.
+
+    ``dataset_index`` is a sample's position in the data set (the probe's own ``index`` is its position in
+    the run's samples); ``label_name`` its label's class name, when the model as audited has names.
+    """
     frames = []
     for o in outcomes:
         if len(o.result.records):
@@ -388,8 +472,38 @@ def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
                 (("run_id", o.spec.run_id), ("model", o.spec.model), ("defense", str(o.spec.defense or "")), ("probe", o.spec.probe.name))
             ):
                 frame.insert(position, key, value)
+            dataset_index = _dataset_index(frame, o.indices)
+            if dataset_index is not None:
+                frame.insert(4, "dataset_index", dataset_index)
+            if o.labels and "label" in frame.columns and "label_name" not in frame.columns:
+                frame.insert(list(frame.columns).index("label") + 1, "label_name", _label_names(frame["label"], o.labels))
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id", "model", "defense", "probe"])
+
+
+def _dataset_index(records: pd.DataFrame, indices: list[int] | None) -> pd.Series | None:
+    """The dataset index of each record: ``indices[index]`` (``index``: the sample's position in the run),
+    or ``indices`` row by row when the records have no usable ``index`` but one row per sample."""
+    if not indices or "dataset_index" in records.columns:
+        return None
+    lookup = pd.Series(indices, dtype="int64")
+    if "index" in records.columns:
+        position = pd.to_numeric(records["index"], errors="coerce")
+        if position.notna().all() and (position == position.round()).all() and position.between(0, len(indices) - 1).all():
+            return pd.Series(lookup.to_numpy()[position.astype("int64").to_numpy()], index=records.index)
+        return None
+    return pd.Series(lookup.to_numpy(), index=records.index) if len(records) == len(indices) else None
+
+
+def _label_names(labels: pd.Series, names: list[str]) -> list[str | None]:
+    out: list[str | None] = []
+    for value in labels:
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            k = -1
+        out.append(str(names[k]) if 0 <= k < len(names) and k == value else None)
+    return out
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:

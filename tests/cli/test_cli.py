@@ -408,3 +408,136 @@ def test_config_plugin_errors_exit_2(cli: Any, tmp_path: Path, text: str, needle
     result = cli("audit", "--config", config, "--quiet", "--out", tmp_path / "o")
     assert result.code == 2
     assert_one_line_error(result.err, needle)
+
+
+# --------------------------------------------------------------------------------------------- samples, shapes, labels
+
+#: A CIFAR-shaped CNN with a fixed-size Linear head that declares neither input shape nor labels, as users write them.
+NETS_SOURCE = '''
+import torch
+from torch import nn
+
+
+def cifar_net():
+    """Untrained but deterministic: seeded weights."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 32 * 32, 10)).eval()
+'''
+SORTED_CLASSES = [f"class-{k}" for k in range(10)]
+TINY_FGSM = "fgsm:epsilons=[0,0.01]"
+
+
+@pytest.fixture
+def nets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``rc_nets:cifar_net``, importable."""
+    folder = tmp_path / "nets"
+    folder.mkdir()
+    (folder / "rc_nets.py").write_text(NETS_SOURCE)
+    monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop("rc_nets", None)
+    return "rc_nets:cifar_net"
+
+
+@pytest.fixture
+def sorted_npz(tmp_path: Path) -> Path:
+    """10 classes x 50 CIFAR-shaped uint8 images (N, H, W, C), sorted by class, with a ``classes`` key."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "sorted.npz"
+    np.savez(path, x=rng.integers(0, 256, size=(500, 32, 32, 3), dtype=np.uint8), y=np.repeat(np.arange(10), 50), classes=SORTED_CLASSES)
+    return path
+
+
+def _sorted_audit(cli: Any, nets: str, data: Path, out: Path, *args: str) -> dict[str, Any]:
+    result = cli("audit", "--model", nets, "--data", data, "--probe", TINY_FGSM, "--defense", "none", "--quiet", "--out", out, *args)
+    assert result.code == 0, result.err
+    return _results(out)
+
+
+def test_samples_are_class_stratified_and_their_indices_recorded(cli: Any, nets: str, sorted_npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    results = _sorted_audit(cli, nets, sorted_npz, out, "--samples", "100")
+    (run,) = results["runs"]
+    records = pd.read_csv(out / "records.csv")
+    counts = records["label"].value_counts()
+    assert len(counts) == 10 and all(9 <= c <= 11 for c in counts), counts.to_dict()
+    assert len(run["indices"]) == 100 and len(set(run["indices"])) == 100
+    assert records["dataset_index"].tolist() == [run["indices"][i] for i in records["index"]]
+    assert (records["label"] == records["dataset_index"] // 50).all()  # the label stored at that index of the npz
+    # same seed, same samples; another seed, other samples
+    assert _sorted_audit(cli, nets, sorted_npz, tmp_path / "again", "--samples", "100")["runs"][0]["indices"] == run["indices"]
+    assert _sorted_audit(cli, nets, sorted_npz, tmp_path / "seed1", "--samples", "100", "--seed", "1")["runs"][0]["indices"] != run["indices"]
+
+
+def test_samples_all(cli: Any, nets: str, sorted_npz: Path, tmp_path: Path) -> None:
+    (run,) = _sorted_audit(cli, nets, sorted_npz, tmp_path / "o", "--samples", "all")["runs"]
+    assert run["samples"] == 500 and sorted(run["indices"]) == list(range(500))
+    assert len(pd.read_csv(tmp_path / "o" / "records.csv")) == 500
+
+
+def test_duplicated_defense_runs_once(cli: Any, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    result = cli("audit", "--samples", "8", "--probe", "fgsm", "--probe", "fgsm", "--defense", "none", "--defense", "none", "--quiet", "--out", out)
+    assert result.code == 0, result.err
+    assert [(r["defense"], r["probe"]) for r in _results(out)["runs"]] == [(None, "fgsm")]
+    assert len(pd.read_csv(out / "records.csv")) == 8
+
+
+def test_labels_come_from_the_data_when_the_model_has_none(cli: Any, nets: str, sorted_npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    (run,) = _sorted_audit(cli, nets, sorted_npz, out, "--samples", "20")["runs"]
+    assert run["labels"] == SORTED_CLASSES
+    records = pd.read_csv(out / "records.csv")
+    assert records["label_name"].tolist() == [SORTED_CLASSES[k] for k in records["label"]]
+
+
+@pytest.fixture
+def sees_model() -> Any:
+    """A probe ``sees-model`` whose metrics show the model's declared ``input_shape``."""
+    from robustcheck import registry
+    from robustcheck.api import Probe, ProbeResult
+
+    @registry.register("probe", "sees-model")
+    class SeesModel(Probe):
+        """Reports the model's declared input shape."""
+
+        score_doc = "1 always."
+
+        def run(self, model: Any, data: Any, context: Any) -> ProbeResult:
+            return ProbeResult(1.0, {"input_shape": list(model.input_shape) if model.input_shape else None})
+
+    yield "sees-model"
+    registry.unregister("probe", "sees-model")
+
+
+def test_input_shape_from_the_data_or_the_command_line(cli: Any, nets: str, sorted_npz: Path, sees_model: str, tmp_path: Path) -> None:
+    audit = ("audit", "--model", nets, "--data", sorted_npz, "--probe", sees_model, "--defense", "none", "--samples", "10", "--quiet")
+    assert cli(*audit, "--out", tmp_path / "a").code == 0
+    assert _results(tmp_path / "a")["runs"][0]["metrics"]["input_shape"] == [3, 32, 32]  # the factory declares none
+    assert cli(*audit, "--input-shape", "3,32,32", "--out", tmp_path / "b").code == 0
+    assert _results(tmp_path / "b")["runs"][0]["metrics"]["input_shape"] == [3, 32, 32]
+    wrong = cli(*audit, "--input-shape", "3,16,16", "--out", tmp_path / "c")
+    assert wrong.code == 2
+    assert_one_line_error(wrong.err, "(3, 16, 16)", "(3, 32, 32)")
+    for bad in ("3,32", "3,x,32", "0,32,32"):
+        syntax = cli(*audit, "--input-shape", bad, "--out", tmp_path / "d")
+        assert syntax.code == 2
+        assert_one_line_error(syntax.err, "--input-shape")
+
+
+@pytest.mark.slow
+def test_hundred_samples_of_the_class_sorted_shared_cifar_npz_cover_every_class(cli: Any, nets: str, tmp_path: Path) -> None:
+    from helpers import SHARED_DATA
+
+    npz = SHARED_DATA / "cifar10-test-jpeg.npz"
+    if not npz.exists():
+        pytest.skip(f"shared CIFAR-10 data not found at {npz}")
+    with np.load(npz) as content:
+        y = content["y"]
+    assert (np.diff(y.astype(int)) >= 0).all()  # the file is sorted by class: first-N sampling sees airplanes only
+    out = tmp_path / "o"
+    (run,) = _sorted_audit(cli, nets, npz, out, "--samples", "100")["runs"]
+    records = pd.read_csv(out / "records.csv")
+    counts = records["label"].value_counts().sort_index()
+    assert counts.index.tolist() == list(range(10)) and all(9 <= c <= 11 for c in counts), counts.to_dict()
+    assert (records["label"].to_numpy() == y[records["dataset_index"].to_numpy()]).all()
+    assert run["labels"][0] == "airplane" and len(set(run["indices"])) == 100

@@ -108,7 +108,11 @@ def test_probe_results_are_consistent(
     assert metrics["foolbox_disagreements"] == 0
 
     records = result.records
-    assert list(records.columns) == RECORD_COLUMNS and len(records) == N
+    gradient = "gradients" in probe.requires  # gradient attacks record whether each input gradient is all zero
+    assert list(records.columns) == RECORD_COLUMNS + (["zero_gradient"] if gradient else []) and len(records) == N
+    assert ("zero_gradient_fraction" in metrics) is gradient and metrics["bounds"] == [0.0, 1.0]
+    if gradient:
+        assert not records["zero_gradient"].any() and metrics["zero_gradient_fraction"] == 0.0
     assert records["index"].tolist() == list(range(N)) and records["label"].tolist() == digits.y.tolist()
     assert records["confidence"].between(0, 1).all() and records["adv_confidence"].between(0, 1).all()
 
@@ -360,6 +364,87 @@ def test_gradient_attacks_need_gradients(mlp: ImageClassifier, digits: ImageData
 def test_bad_parameters(name: str, params: dict, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         create_probe(name, **params)
+
+
+@pytest.mark.parametrize(
+    ("name", "epsilons", "match"),
+    [
+        (
+            "pgd-linf",
+            [0, 1e9],
+            r"probe 'pgd-linf': epsilon 1e\+09 is outside the range of model 'digits-mlp' \(bounds \[0, 1\]\): "
+            r"an Linf epsilon above high - low = 1 is meaningless; use epsilons <= 1$",
+        ),
+        ("fgsm", [0, 0.1, 1.01], r"probe 'fgsm': epsilon 1.01 is outside the range"),
+        (
+            "pgd-l2",
+            [0, 8.01],
+            r"probe 'pgd-l2': epsilon 8.01 .*: an L2 radius above \(high - low\) \* sqrt\(C\*H\*W\) = 8 "
+            r"for inputs \(1, 8, 8\) is meaningless; use epsilons <= 8$",
+        ),
+        ("deepfool", [0, 1e9], r"probe 'deepfool': epsilon 1e\+09 is outside the range"),
+        ("boundary", [0, 100], r"probe 'boundary': epsilon 100 is outside the range"),
+    ],
+)
+def test_epsilons_beyond_the_bounds_range_are_refused(
+    name: str, epsilons: list[float], match: str, mlp: ImageClassifier, digits: ImageDataset
+) -> None:
+    probe = create_probe(name, epsilons=epsilons)
+    with pytest.raises(UsageError, match=match):
+        probe.check_requirements(mlp)
+    with pytest.raises(UsageError, match=match):
+        probe(mlp, digits, seed=0)
+    # the runner refuses before any run
+    from robustcheck.run.runner import Runner, RunSpec
+
+    with pytest.raises(UsageError, match=match):
+        Runner(None, quiet=True).check([RunSpec("digits-mlp", name, params={"epsilons": epsilons}, samples=4)])
+
+
+def test_epsilons_up_to_the_bounds_range_are_accepted(mlp: ImageClassifier, digits: ImageDataset) -> None:
+    create_probe("pgd-linf", epsilons=[0, 1.0]).check_requirements(mlp)
+    create_probe("pgd-l2", epsilons=[0, 8.0]).check_requirements(mlp)
+    wide = ImageClassifier(mlp.module, bounds=(0, 255), input_shape=(1, 8, 8), name="wide")
+    create_probe("fgsm", epsilons=[0, 8, 255]).check_requirements(wide)
+    # L2 without a declared input shape: checked against the data's shape when the probe runs
+    shapeless = ImageClassifier(mlp.module, name="shapeless")
+    probe = create_probe("pgd-l2", epsilons=[0, 9.0])
+    probe.check_requirements(shapeless)
+    with pytest.raises(UsageError, match=r"= 8 for inputs \(1, 8, 8\)"):
+        probe(shapeless, digits, seed=0)
+
+
+class RoundedInput(nn.Module):
+    """``model(round(4x) / 4)``: the gradient of round is zero, so attacks see a flat loss."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 4) / 4)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "deepfool"])
+def test_zero_input_gradients_are_recorded(name: str, mlp: ImageClassifier, digits: ImageDataset) -> None:
+    rounded = ImageClassifier(RoundedInput(mlp), input_shape=(1, 8, 8), name="rounded")
+    params = PROBES[name]
+    result = create_probe(name, **params)(rounded, digits, seed=0)
+    assert result.records["zero_gradient"].tolist() == [True] * N and result.metrics["zero_gradient_fraction"] == 1.0
+    # a differentiable model, and the same model through a straight-through (BPDA) defense: no zero gradients
+    defended = create_defense("bit-depth:bits=3").apply(mlp)
+    result = create_probe(name, **params)(defended, digits, seed=0, bare_model=mlp)
+    assert not result.records["zero_gradient"].any() and result.metrics["zero_gradient_fraction"] == 0.0
+    # the boundary attack uses no gradients: nothing to record
+    assert "zero_gradient" not in create_probe("boundary", **PROBES["boundary"])(rounded, digits.head(4), seed=0).records
+
+
+def test_zero_gradients_merge_across_shards(mlp: ImageClassifier, digits: ImageDataset) -> None:
+    probe = create_probe("fgsm", epsilons=[0.0, 0.1])
+    whole = probe(mlp, digits, seed=0)
+    parts = [probe(mlp, digits.subset(torch.arange(a, b)), seed=0) for a, b in ((0, 10), (10, N))]
+    merged = probe.merge(parts, [0, 10])
+    assert merged.metrics == whole.metrics and merged.records.equals(whole.records)
 
 
 def test_parameters_from_a_spec() -> None:

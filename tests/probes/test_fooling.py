@@ -412,7 +412,7 @@ def test_probe_is_deterministic_for_a_seed(
         ({"threshold": 1.0}, "parameter 'threshold' must be a number > 0 and < 1, got 1.0"),
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": -0.2}, "threshold"),
-        ({"population": 0}, "parameter 'population' must be an integer >= 1, got 0"),
+        ({"population": 0}, "parameter 'population' must be an integer >= 2, got 0"),
         ({"generations": -1}, "generations"),
         ({"generator": "evolution"}, "parameter 'generator' must be one of"),
         ({"time_budget": -1}, "time_budget"),

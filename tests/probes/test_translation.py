@@ -240,6 +240,51 @@ def test_bad_params_are_usage_errors(params: dict[str, object], needle: str) -> 
         TranslationProbe(**params)
 
 
+class FixedSizeCNN(nn.Module):
+    """A CIFAR-style CNN with a fixed-size Linear head (takes 3x16x16 only); records every input shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        self.head = nn.Linear(4 * 8 * 8, 3)
+        self.seen: set[tuple[int, ...]] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add(tuple(x.shape[1:]))
+        return self.head(self.features(x))
+
+
+def _fixed_size_data(size: int = 16) -> ImageDataset:
+    x = torch.rand(6, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return ImageDataset(x, torch.arange(6) % 3, ["a", "b", "c"], name="rand16")
+
+
+def test_a_model_without_input_shape_is_refused_with_how_to_declare_it() -> None:
+    model = ImageClassifier(FixedSizeCNN().eval(), name="fixed")
+    with pytest.raises(UsageError, match=r"probe 'translation' needs the input size of model 'fixed'.*--input-shape C,H,W") as info:
+        create_probe("translation")(model, _fixed_size_data())
+    assert "input_shape=(C, H, W)" in str(info.value) and "TOML model table" in str(info.value)
+    assert not model.module.seen  # refused before any forward pass
+
+
+@pytest.mark.parametrize("source", [16, 24], ids=["model-sized", "larger"])
+@pytest.mark.parametrize("defense", [None, "crop-selection", "crop-selection:variant=circular", "median-filter"])
+def test_a_fixed_size_model_is_only_fed_its_input_size(source: int, defense: str | None) -> None:
+    """Realistic and cyclic shifts, the crop-selection trade-off and defended models that take extra context:
+    the network itself sees only its declared input size."""
+    from robustcheck.plugins import create_defense
+
+    module = FixedSizeCNN().eval()
+    model = ImageClassifier(module, input_shape=(3, 16, 16), name="fixed")
+    target = create_defense(defense).apply(model) if defense else model
+    result = create_probe("translation", mode="both", max_shift=2, windows=[1, 3, 5], examples=0)(
+        target, _fixed_size_data(source)
+    )
+    assert result.status == "ok" and result.score is not None
+    assert module.seen == {(3, 16, 16)}
+
+
 def test_timeout_before_the_first_batch() -> None:
     with pytest.raises(ProbeTimeout):
         create_probe("translation", windows=[])(_one_pixel_model(), _one_pixel_data(), deadline=0.0)

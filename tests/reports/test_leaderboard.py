@@ -144,3 +144,45 @@ def test_leaderboard_from_two_real_audits(tmp_path, capsys):
     md = tmp_path / "board.md"
     assert main(["leaderboard", str(tmp_path / "digits-mlp"), str(tmp_path / "digits-cnn"), "--markdown", "--out", str(md)]) == 0
     assert md.read_text().startswith("| rank | model | defense |")
+
+
+def test_flagged_cells_are_marked(tmp_path):
+    flagged = run("a", "fgsm", 0.5)
+    flagged["flags"] = [{"code": "constant-prediction", "message": f"predicts class 3 {EVIL}"}]
+    clean = run("b", "fgsm", 0.4)
+    clean["flags"] = []
+    folder = write(tmp_path, "x", results([flagged, clean, run("a", "pgd", 0.3)]))
+    table, probes = build_leaderboard(runs_frame([folder]))
+    by_model = {r["model"]: r for _, r in table.iterrows()}
+    assert by_model["a"]["flags"] == {"fgsm": flagged["flags"]} and by_model["b"]["flags"] == {}
+    markdown = to_markdown(table, probes)
+    assert "| 0.500 ⚑ constant-prediction | 0.300 |" in markdown and "| 0.400 | — |" in markdown
+    assert "⚑ validity flag" in markdown
+    html = render_leaderboard(table, probes)
+    assert html.count('class="flagged"') == 1 and '<span class="flag">⚑ constant-prediction</span>' in html
+    assert "predicts class 3 &lt;script&gt;" in html and EVIL not in html
+    # through the results database, and with --all (flags of any run of the cell)
+    db = ResultsDB(tmp_path / "results.db")
+    db.append(results([flagged, clean]))
+    db.append(results([run("a", "fgsm", 0.7)], created="2026-12-01T00:00:00+00:00"))
+    assert build_leaderboard(db.frame())[0].set_index("model").loc["a", "flags"] == {}  # the latest run is clean
+    assert build_leaderboard(db.frame(), all_runs=True)[0].set_index("model").loc["a", "flags"] == {"fgsm": flagged["flags"]}
+
+
+def test_databases_from_before_flags_are_upgraded(tmp_path):
+    from robustcheck.run.history import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as con:  # a results database as robustcheck 0.1.0 wrote it: schema 1
+        con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in MIGRATIONS[1]:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version VALUES (1)")
+        con.execute(
+            "INSERT INTO runs (run_id, model, probe, params, score, metrics, status, created) "
+            "VALUES ('r', 'old', 'fgsm', '{}', 0.5, '{}', 'ok', '2026-01-01')"
+        )
+    frame = ResultsDB(path).frame()
+    assert frame.loc[0, "flags"] == [] and frame.loc[0, "model"] == "old"
+    table, probes = build_leaderboard(frame)
+    assert "⚑" not in to_markdown(table, probes)

@@ -438,3 +438,32 @@ def test_defense_evaluation_pairs_adaptive_and_non_adaptive(results: dict) -> No
 
 def test_no_defense_evaluation_without_non_adaptive_runs(results: dict) -> None:
     assert 'id="defense-evaluation"' not in render_report(results)
+
+
+# --------------------------------------------------------------------------- validity flags
+
+
+def test_flags_next_to_the_score_and_explained_in_the_probe_section(results: dict) -> None:
+    flag = {"code": "chance-accuracy", "message": f"clean accuracy 0.100 is at chance {XSS}"}
+    results["runs"][0]["flags"] = [flag]  # r1: digits-cnn, pgd-linf
+    results["runs"][4]["flags"] = []  # r5: an empty list, as every run written now has
+    html = render_report(results)
+    # next to the score: in the summary cell and in the probe's run table, the message as tooltip
+    rows = summary_rows(html)
+    body = {(row[0][1], row[1][1]): row[2:] for row in rows[1:]}
+    assert body[("digits-cnn", "—")][1][1] == "0.420⚑ chance-accuracy"  # the flag is a block below the score
+    assert body[("digits-mlp", "—")][1][1] == "0.200"  # other runs stay unmarked
+    assert html.count('<small class="flag" title="chance-accuracy: clean accuracy 0.100 is at chance &lt;script&gt;') == 2
+    # explained in the pgd-linf section only, escaped
+    pgd = html.split('id="probe-0"', 1)[1].split("</section>", 1)[0]
+    fgsm = html.split('id="probe-1"', 1)[1].split("</section>", 1)[0]
+    assert "<h3>Validity flags</h3>" in pgd and "Validity flags" not in fgsm
+    assert "<strong>digits-cnn</strong>: <code>chance-accuracy</code> &mdash; clean accuracy 0.100 is at chance &lt;script&gt;" in pgd
+    assert XSS not in html
+    assert "flagged <strong>1</strong>" in html and "validity flag" in html
+
+
+def test_no_flag_marks_without_flags(results: dict) -> None:
+    html = render_report(results)  # runs written before flags existed have no "flags" key
+    assert 'class="flag"' not in html and "Validity flags" not in html and "flagged <strong>" not in html
+    assert "validity flag" not in html

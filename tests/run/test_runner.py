@@ -269,3 +269,115 @@ def test_sharded_attack_equals_the_whole_run(tmp_path: Path) -> None:
     assert merged.result.metrics == reference.result.metrics and merged.result.score == reference.result.score
     pd.testing.assert_frame_equal(merged.result.records, reference.result.records)
     assert len(merged.result.artifacts) == 2
+
+
+# --------------------------------------------------------------------------------------------- samples
+
+
+def _sorted_data(classes: int = 10, per_class: int = 50, shape: tuple[int, ...] = (3, 8, 8)) -> Any:
+    """``classes`` x ``per_class`` random images sorted by class, as shared npz files and image folders are."""
+    import torch
+
+    from robustcheck.data.dataset import ImageDataset
+
+    x = torch.rand(classes * per_class, *shape, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(classes).repeat_interleave(per_class)
+    return ImageDataset(x, y, [f"class-{k}" for k in range(classes)], name="sorted")
+
+
+def _sorted_runner(tmp_path: Path | None = None, **kwargs: Any) -> Runner:
+    """A runner with the class-sorted data as ``sorted`` and a 10-class model without input shape or labels."""
+    from torch import nn
+
+    from robustcheck.models.classifier import ImageClassifier
+
+    runner = Runner(tmp_path, quiet=True, **kwargs)
+    runner.add_data("sorted", _sorted_data())
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    runner.add_model("net", ImageClassifier(nn.Sequential(*net).eval(), name="net"))
+    return runner
+
+
+def _sorted_spec(**changes: Any) -> RunSpec:
+    return RunSpec(**{"model": "net", "data": "sorted", "probe": "sleepy", "params": {"sleep": 0.0}, "samples": 100, **changes})
+
+
+def test_runs_draw_class_stratified_samples_and_record_their_indices(helpers: Any) -> None:
+    runner = _sorted_runner()
+    outcome = runner.run([_sorted_spec()])[0]
+    assert outcome.result.records["label"].value_counts().to_dict() == dict.fromkeys(range(10), 10)
+    indices = outcome.to_json()["indices"]
+    assert len(indices) == 100 and len(set(indices)) == 100 and all(isinstance(i, int) for i in indices)
+    table = records_table([outcome])
+    assert {"index", "dataset_index"} <= set(table.columns)
+    assert table["dataset_index"].tolist() == [indices[i] for i in table["index"]]
+    assert (table["label"] == table["dataset_index"] // 50).all()  # the label of the sample at that dataset index
+    # same seed, same samples; another seed, other samples
+    assert runner.run([_sorted_spec()])[0].indices == indices
+    assert runner.run([_sorted_spec(seed=1)])[0].indices != indices
+    everything = runner.run([_sorted_spec(samples=None)])[0]
+    assert sorted(everything.indices) == list(range(500)) and len(everything.result.records) == 500
+
+
+def test_shards_split_the_drawn_samples(helpers: Any) -> None:
+    runner = _sorted_runner()
+    whole, sharded = runner.run([_sorted_spec(samples=30), _sorted_spec(samples=30, shards=3)])
+    assert sharded.indices == whole.indices
+    assert [runner.data_for(u).dataset_indices for u in _sorted_spec(samples=30, shards=3).shard_units()] == [
+        whole.indices[:10], whole.indices[10:20], whole.indices[20:]
+    ]
+    for unit in _sorted_spec(samples=30, shards=3).shard_units():  # each shard of an interleaved draw is balanced
+        assert runner.data_for(unit).y.bincount(minlength=10).tolist() == [1] * 10
+    pd.testing.assert_frame_equal(records_table([sharded]).drop(columns=["run_id", "noise"]), records_table([whole]).drop(columns=["run_id", "noise"]))
+
+
+def test_resume_keeps_the_dataset_indices(helpers: Any, tmp_path: Path) -> None:
+    first = _sorted_runner(tmp_path / "o").run([_sorted_spec()])[0]
+    resumed = _sorted_runner(tmp_path / "o", resume=True).run([_sorted_spec()])[0]
+    assert resumed.resumed and resumed.indices == first.indices and resumed.labels == first.labels
+    assert resumed.to_json() | {"seconds": 0} == first.to_json() | {"seconds": 0}
+    pd.testing.assert_frame_equal(records_table([resumed]), records_table([first]))
+
+
+def test_model_takes_input_shape_and_labels_from_its_data() -> None:
+    from robustcheck import registry
+    from robustcheck.api import Probe, ProbeResult
+
+    @registry.register("probe", "sees-model")
+    class SeesModel(Probe):
+        """Reports what the model declares."""
+
+        score_doc = "1 always."
+
+        def run(self, model: Any, data: Any, context: Any) -> ProbeResult:
+            return ProbeResult(1.0, {"input_shape": list(model.input_shape or []), "labels": model.labels})
+
+    try:
+        runner = _sorted_runner()
+        assert runner.model("net").input_shape is None and runner.model("net").labels is None
+        outcome = runner.run([_sorted_spec(probe="sees-model", params={})])[0]
+        assert outcome.result.status == "ok", outcome.result.message
+        assert outcome.result.metrics["input_shape"] == [3, 8, 8]
+        assert outcome.result.metrics["labels"] == [f"class-{k}" for k in range(10)]
+        assert outcome.to_json()["labels"] == [f"class-{k}" for k in range(10)]
+        assert runner.model("net").input_shape is None  # the model itself is left as it was
+        # names that do not fit the model's outputs are not taken; a declared shape is kept
+        from torch import nn
+
+        from robustcheck.models.classifier import ImageClassifier
+
+        five = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5)).eval(), input_shape=(3, 8, 8), name="five")
+        runner.add_model("five", five)
+        runner.add_data("sorted5", _sorted_data(classes=5, per_class=4))
+        other = runner.run([_sorted_spec(model="five", probe="sees-model", params={}, data="sorted5")])[0]
+        assert other.result.metrics["labels"] == [f"class-{k}" for k in range(5)]
+        runner.add_data("sorted5", _sorted_data(classes=4, per_class=4))  # 4 names for 5 outputs: no labels
+        assert runner.run([_sorted_spec(model="five", probe="sees-model", params={}, data="sorted5")])[0].result.metrics["labels"] is None
+    finally:
+        registry.unregister("probe", "sees-model")
+
+
+def test_records_show_label_names(helpers: Any) -> None:
+    outcome = _sorted_runner().run([_sorted_spec(samples=20)])[0]
+    table = records_table([outcome])
+    assert (table["label_name"] == "class-" + table["label"].astype(str)).all()

@@ -106,7 +106,7 @@ class FoolingProbe(Probe):
     generator = Param("all", "which generator to run ('all': each in turn)", choices=(*GENERATORS, "all"))
     generations = Param(200, "generations per generator (0: score the random start only)", ge=0)
     population = Param(
-        200, "genomes per generation (gradient ascent: population // classes starts per class)", ge=1
+        200, "genomes per generation, at least a pair for crossover (gradient ascent: population // classes starts per class)", ge=2
     )
     threshold = Param(0.99, "confidence at which a class counts as fooled", gt=0.0, lt=1.0)
     time_budget = Param(

@@ -14,7 +14,9 @@ Does the model's answer survive a camera move of one pixel?
 * **Cyclic** shifts roll the model-sized (centre) image by the same offsets (``torch.roll``), the
   setting in which anti-aliased / polyphase models are invariant by construction.
 
-Every view of a batch (centre + all shifts) goes through the model in one forward pass.
+Every view of a batch (centre + all shifts) goes through the model in one forward pass. The model must
+declare ``input_shape`` (the runner takes it from the data when a model declares none); every view a bare
+network sees has that size (a defended model may get extra context, which its defense crops away).
 
 Metrics (per mode; prefixed ``realistic/`` and ``cyclic/`` when ``mode=both``):
 ``consistency`` (share of images whose top-1 label is the same for every shift), ``fooling_rate``
@@ -51,7 +53,7 @@ from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, Table
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.defenses.crop_selection import CropSelection
 from robustcheck.errors import InputError, ProbeTimeout, UsageError
-from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.classifier import INPUT_SHAPE_HINT, ImageClassifier
 from robustcheck.ops.shifts import (
     BORDERS,
     SCORES,
@@ -181,7 +183,15 @@ class TranslationProbe(Probe):
     def _canvas_plan(self, model: ImageClassifier, data: ImageDataset, margin: int) -> CanvasPlan:
         """Model-sized sources get a border of ``pad`` px; larger ones are used as they are. ``margin``: context
         per side the (defended) model takes."""
-        shape = model.input_shape or data.shape
+        shape = model.input_shape
+        # never guess (e.g. from the data): views of another size crash or mis-measure a fixed-size network
+        # (not a requirement checked up front: an audit plan drops default probes whose requirements a model
+        # does not meet, and the runner gives the model the data's shape only after planning)
+        if shape is None:
+            raise UsageError(
+                f"probe {self.name!r} needs the input size of model {model.name!r}, which declares no input_shape "
+                f"(the probe cuts model-sized windows out of a larger canvas); {INPUT_SHAPE_HINT}"
+            )
         if shape[0] != data.shape[0]:
             raise InputError(
                 f"data {data.name!r} has {data.shape[0]} channels, model {model.name!r} expects {shape[0]}"
