@@ -343,7 +343,7 @@ class RobustCheck:
             key = self._names.name_for(model, base)
             adapter = model if isinstance(model, ImageClassifier) else ImageClassifier(model, name=key)
         if input_shape is not None:  # input_shape=: the model takes images of this shape
-            from robustcheck.run.runner import rewrap
+            from robustcheck.models.classifier import rewrap
 
             adapter = rewrap(adapter, {"input_shape": input_shape})
         runner.add_model(key, adapter)

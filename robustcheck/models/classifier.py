@@ -8,6 +8,7 @@ mean/std normalisation is applied *inside* the wrapper, so attacks work in image
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustcheck.errors import InputError
+from robustcheck.data.dataset import ImageDataset
+from robustcheck.errors import InputError, RobustCheckError
 
 #: Modules whose composition is a piecewise-linear ReLU network (what exact verifiers need).
 RELU_NETWORK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Sequential, nn.Identity, nn.Unflatten)
@@ -343,3 +345,34 @@ class ImageClassifier(nn.Module):
 def as_classifier(model: nn.Module | ImageClassifier, **kwargs: Any) -> ImageClassifier:
     """Wrap a bare module (or pass an :class:`ImageClassifier` through unchanged)."""
     return model if isinstance(model, ImageClassifier) else ImageClassifier(model, **kwargs)
+
+
+def audited_model(model: ImageClassifier, data: ImageDataset) -> ImageClassifier:
+    """``model`` re-wrapped with what it does not declare and ``data`` supplies (what the runner audits):
+    ``input_shape`` from the images, ``labels`` from the data's class names when their count equals the
+    model's number of outputs (a classifier only). ``model`` itself when it declares both."""
+    options: dict[str, Any] = {}
+    if model.input_shape is None:
+        options["input_shape"] = tuple(int(d) for d in data.x.shape[1:])
+    if model.labels is None and data.classes and not getattr(model, "is_captioner", False) and len(data):
+        try:
+            outputs = model.predict(data.x[:1]).shape[1]
+        except RobustCheckError:  # a model that fails on the data fails where it runs (check, execute)
+            outputs = None
+        if outputs == len(data.classes):
+            options["labels"] = [str(c) for c in data.classes]
+    return rewrap(model, options) if options else model
+
+
+def rewrap(model: ImageClassifier, options: dict[str, Any]) -> ImageClassifier:
+    """``model`` with adapter ``options`` (``input_shape``, ``labels``) overriding its own, same network.
+
+    :meth:`ImageClassifier.with_options` where the class provides it; a subclass that does not (its
+    constructor differs) gets a shallow copy with the attributes replaced, so it keeps its behaviour.
+    """
+    if type(model) is ImageClassifier or type(model).with_options is not ImageClassifier.with_options:
+        return model.with_options(options)
+    adapted = copy.copy(model)
+    for key, value in options.items():
+        setattr(adapted, key, tuple(int(d) for d in value) if key == "input_shape" else list(value) if key == "labels" else value)
+    return adapted

@@ -9,7 +9,6 @@ persists every finished run at once (:class:`~robustcheck.run.checkpoint.RunStor
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -33,7 +32,7 @@ from robustcheck.data.loading import load_data
 from robustcheck.defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
 from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError, UsageError
 from robustcheck.jsonutil import json_default
-from robustcheck.models.classifier import ImageClassifier
+from robustcheck.models.classifier import ImageClassifier, audited_model
 from robustcheck.models.loading import load_model
 from robustcheck.params import PluginSpec
 from robustcheck.plugins import create, plugin_class
@@ -425,37 +424,6 @@ class Runner:
             hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
             ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)
         return results
-
-
-def audited_model(model: ImageClassifier, data: ImageDataset) -> ImageClassifier:
-    """``model`` re-wrapped with what it does not declare and ``data`` supplies (see :meth:`Runner.model_for`):
-    ``input_shape`` from the images, ``labels`` from the data's class names when their count equals the
-    model's number of outputs (a classifier only). ``model`` itself when it declares both."""
-    options: dict[str, Any] = {}
-    if model.input_shape is None:
-        options["input_shape"] = tuple(int(d) for d in data.x.shape[1:])
-    if model.labels is None and data.classes and not getattr(model, "is_captioner", False) and len(data):
-        try:
-            outputs = model.predict(data.x[:1]).shape[1]
-        except RobustCheckError:  # a model that fails on the data fails where it runs (check, execute)
-            outputs = None
-        if outputs == len(data.classes):
-            options["labels"] = [str(c) for c in data.classes]
-    return rewrap(model, options) if options else model
-
-
-def rewrap(model: ImageClassifier, options: dict[str, Any]) -> ImageClassifier:
-    """``model`` with adapter ``options`` (``input_shape``, ``labels``) overriding its own, same network.
-
-    :meth:`ImageClassifier.with_options` where the class provides it; a subclass that does not (its
-    constructor differs) gets a shallow copy with the attributes replaced, so it keeps its behaviour.
-    """
-    if type(model) is ImageClassifier or type(model).with_options is not ImageClassifier.with_options:
-        return model.with_options(options)
-    adapted = copy.copy(model)
-    for key, value in options.items():
-        setattr(adapted, key, tuple(int(d) for d in value) if key == "input_shape" else list(value) if key == "labels" else value)
-    return adapted
 
 
 def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:
