@@ -30,7 +30,7 @@ from robustcheck.data.dataset import ImageDataset
 from robustcheck.defaults import DEFAULT_BATCH_SIZE
 from robustcheck.errors import ProbeTimeout, RequirementError, UsageError
 from robustcheck.jsonutil import json_default
-from robustcheck.models.classifier import ImageClassifier, audited_model
+from robustcheck.models.classifier import ImageClassifier
 from robustcheck.params import Param, PluginSpec, declared_params, infer_param, resolve
 from robustcheck.seeding import seed_everything
 
@@ -239,7 +239,6 @@ class Probe(Plugin):
     def __call__(self, model: ImageClassifier, data: ImageDataset, *, seed: int = 0, **context: Any) -> ProbeResult:
         """Run directly (outside the runner): seeds, checks requirements, times the run."""
 
-        model = audited_model(model, data)  # what the model does not declare (input shape, labels), the data supplies
         self.check_requirements(model)
         seed_everything(seed)
         start = time.perf_counter()

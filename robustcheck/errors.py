@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_BELOW_THRESHOLD = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
+EXIT_INTERNAL = 4  # an unexpected exception inside robustcheck (``--debug`` shows the traceback)
 
 
 class RobustCheckError(Exception):

@@ -49,6 +49,7 @@ import pytest
 # worst_samples is re-exported: tests import it from here.
 from robustcheck._pytest.failure import worst_samples as worst_samples
 from robustcheck._pytest.session import DEFAULT_TOLERANCE, RobustCheck, Settings
+from robustcheck.threads import configure_threads, prefer_passive_waiting
 
 MARKER = "robustness"
 #: key of a worker's runs in pytest-xdist's ``workeroutput``
@@ -86,6 +87,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DELTA",
         help=f"allowed score drop below the baseline (default {DEFAULT_TOLERANCE})",
     )
+    group.addoption("--robustcheck-threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's own)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,6 +99,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "flag but those allowed by code (robustcheck)",
     )
     config.stash[_STATE] = RobustCheck(config, Settings.from_config(config), plugin=sys.modules[__name__])
+    threads = config.getoption("robustcheck_threads")
+    if threads is not None:  # passive OpenMP waiting too, where torch is not loaded yet (robustcheck.threads)
+        if threads <= 0:
+            raise pytest.UsageError(f"--robustcheck-threads must be a positive integer, got {threads}")
+        prefer_passive_waiting()
+        configure_threads(threads)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -34,3 +34,46 @@ def format_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(value, default=str, ensure_ascii=False)
+
+
+#: Epsilons within this distance of a multiple of 1/255 print as ``k/255``.
+EPSILON_TOLERANCE = 1e-6
+
+
+def as_255ths(value: Any) -> int | None:
+    """``k`` when ``value`` (a number or numeric text) lies within 1e-6 of ``k/255``, else ``None``."""
+    try:
+        x = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(x):
+        return None
+    k = round(x * 255)
+    return k if abs(x - k / 255) <= EPSILON_TOLERANCE else None
+
+
+def format_epsilon(value: Any) -> str:
+    """An epsilon as people write it: ``8/255`` within 1e-6 of a multiple of 1/255 (``0`` and whole
+    numbers stay plain: ``0``, ``1``, ``2``), otherwise four significant digits; numeric text (the keys
+    of ``robust_accuracy``) is read as its number; lists format item by item; a dash for ``None``/NaN."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_epsilon(v) for v in value) + "]"
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+    elif is_number(value):
+        number = float(value)
+    else:
+        return format_value(value)
+    if math.isnan(number):
+        return DASH
+    if not math.isfinite(number):
+        return format_value(number)
+    if float(number).is_integer():
+        return str(int(number))
+    k = as_255ths(number)
+    if k is not None and k % 255 != 0:
+        return f"{k}/255"
+    return f"{number:.4g}"

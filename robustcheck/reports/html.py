@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from robustcheck.reports.formatting import DASH, format_score, format_value, is_number
+from robustcheck.reports.formatting import (
+    DASH,
+    as_255ths,
+    format_epsilon,
+    format_score,
+    format_value,
+    is_number,
+)
 from robustcheck.reports.plots import line_chart
 
 if TYPE_CHECKING:
@@ -107,6 +115,30 @@ class Figure:
 
 
 @dataclass
+class ExampleGroup:
+    """The example figures of one run, shown as one collapsible ``<details>`` (``open``: unfolded)."""
+
+    run_label: str
+    figures: list[Figure]
+    open: bool = False
+
+    @property
+    def summary(self) -> str:
+        n = len(self.figures)
+        return f"{n} example{'s' if n != 1 else ''}"
+
+
+@dataclass
+class CurvePoints:
+    """A curve whose runs each have a single point, shown as numbers instead of a plot."""
+
+    title: str
+    x_label: str
+    y_label: str
+    rows: list[tuple[str, str, str]]  # (run label, x, y)
+
+
+@dataclass
 class TableView:
     """A probe's table (``ProbeResult.tables``) ready to render: every cell already a string."""
 
@@ -115,6 +147,15 @@ class TableView:
     note: str
     columns: list[str]
     rows: list[list[str]]
+
+
+@dataclass
+class TableGroup:
+    """The tables of one title across a probe's runs, shown side by side; notes said once."""
+
+    title: str
+    notes: list[str]
+    tables: list[TableView]
 
 
 @dataclass
@@ -139,8 +180,10 @@ class ProbeSection:
     metric_names: list[str]
     runs: list[RunRow]
     charts: list[Markup] = field(default_factory=list)
-    tables: list[TableView] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
+    #: single-point curves, as numbers
+    points: list[CurvePoints] = field(default_factory=list)
+    tables: list[TableGroup] = field(default_factory=list)
+    examples: list[ExampleGroup] = field(default_factory=list)
     #: (run label, flag) for every flagged run of the section, explained below its run table
     flags: list[tuple[str, FlagView]] = field(default_factory=list)
 
@@ -283,6 +326,26 @@ def as_curve(value: Any) -> list[tuple[float, float]] | None:
     return sorted(points)
 
 
+def is_epsilon_name(name: str) -> bool:
+    """Whether a parameter, metric or column named ``name`` holds epsilons (``eps``, ``epsilons``,
+    ``median_min_epsilon``, ``smallest breaking epsilon``...)."""
+    name = str(name).lower()
+    return name.startswith("eps") or "epsilon" in name
+
+
+def _format_named(name: str, value: Any) -> str:
+    """``value`` formatted for display, as an epsilon when ``name`` says it is one."""
+    return format_epsilon(value) if is_epsilon_name(name) and value is not None else format_value(value)
+
+
+#: ``eps 0.0313725:`` in a probe's image caption (the number is rewritten as ``8/255``).
+_CAPTION_EPSILON = re.compile(r"(?<![\w.])(eps(?:ilon)?[ =])(\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.])")
+
+
+def _caption(text: str) -> str:
+    return _CAPTION_EPSILON.sub(lambda m: m.group(1) + format_epsilon(m.group(2)), text)
+
+
 def _run_row(run: Mapping[str, Any], metric_names: Sequence[str], fail_under: float | None) -> RunRow:
     metrics = run.get("metrics") or {}
     params = run.get("params") or {}
@@ -290,13 +353,13 @@ def _run_row(run: Mapping[str, Any], metric_names: Sequence[str], fail_under: fl
         model=str(run.get("model", "?")),
         defense=_defense_label(run.get("defense")),
         data=str(run.get("data") or DASH),
-        params=[(str(k), format_value(v)) for k, v in params.items()],
+        params=[(str(k), _format_named(str(k), v)) for k, v in params.items()],
         samples=format_value(run.get("samples")),
         score=_score_cell(run, fail_under, notes=False),  # the status column says it
         status=str(run.get("status", "ok")),
         message=str(run.get("message") or ""),
         seconds=_format_seconds(run.get("seconds")),
-        metrics=[format_value(metrics.get(name)) for name in metric_names],
+        metrics=[_format_named(name, metrics.get(name)) for name in metric_names],
     )
 
 
@@ -313,33 +376,82 @@ def _metric_title(name: str) -> str:
     return name.replace("_", " ")
 
 
+#: The x quantity of the curve-shaped metrics of the built-in probes, by the metric's last name part.
+X_LABELS = {
+    "robust_accuracy": "epsilon",
+    "consistency_by_shift": "shift (px)",
+    "tradeoff/fooling_rate": "crop window K (px)",
+    "tradeoff/accuracy": "crop window K (px)",
+}
+EPSILON_TICK_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 255)  # in 1/255: ticks at 0, 4/255, 8/255, ...
+
+
 def _x_label(metric: str, runs: Sequence[Mapping[str, Any]]) -> str:
-    """The x quantity of a curve: epsilon for per-epsilon metrics, otherwise a generic label."""
-    has_eps = any(str(k).startswith("eps") for r in runs for k in (r.get("params") or {}))
-    return "epsilon" if has_eps or metric == "robust_accuracy" else "value"
+    """The x quantity of a curve, named after its parameter: a known metric's axis (``epsilon``,
+    ``shift (px)``), ``<y>_by_<x>``'s ``x``, a list parameter of the runs whose values are the
+    curve's keys, else ``epsilon`` when the runs have an epsilon parameter; ``parameter`` last."""
+    for key in (metric, metric.rsplit("/", 1)[-1]):
+        if key in X_LABELS:
+            return X_LABELS[key]
+    tail = metric.rsplit("/", 1)[-1]
+    if "_by_" in tail:
+        return _metric_title(tail.split("_by_", 1)[1])
+    keys = {x for r in runs for x, _ in as_curve((r.get("metrics") or {}).get(metric)) or []}
+    for r in runs:
+        for name, value in (r.get("params") or {}).items():
+            if isinstance(value, list) and value and all(is_number(v) for v in value) and keys <= {float(v) for v in value}:
+                return "epsilon" if is_epsilon_name(name) else _metric_title(str(name))
+    if any(is_epsilon_name(k) for r in runs for k in (r.get("params") or {})):
+        return "epsilon"
+    return "parameter"
 
 
-def build_charts(probe: str, runs: Sequence[Mapping[str, Any]]) -> list[Markup]:
-    """One SVG line chart per curve-shaped metric, one series per run carrying it."""
+def _epsilon_ticks(xs: Sequence[float]) -> list[float] | None:
+    """Ticks at round multiples of 1/255 when every x is one (Linf epsilons), else ``None``."""
+    steps = [as_255ths(x) for x in xs]
+    if not xs or any(k is None for k in steps) or all(float(x).is_integer() for x in xs):
+        return None
+    lo, hi = min(steps), max(steps)  # type: ignore[type-var]
+    if hi <= lo:
+        return None
+    step = next((s for s in EPSILON_TICK_STEPS if (hi - lo) / s <= 6), 255)
+    return [k / 255 for k in range(math.ceil(lo / step) * step, hi + 1, step)]
+
+
+def build_charts(probe: str, runs: Sequence[Mapping[str, Any]]) -> tuple[list[Markup], list[CurvePoints]]:
+    """One SVG line chart per curve-shaped metric, one series per run carrying it; a metric whose
+    curves all have a single point (e.g. one shift size) is given as numbers instead of a plot.
+    Epsilon axes write their values as ``k/255`` where they are."""
     labels = _series_labels(runs)
     curve_names = _unique(
         name for r in runs for name, value in (r.get("metrics") or {}).items() if as_curve(value) is not None
     )
-    charts = []
+    charts, points = [], []
     for name in curve_names:
         series = {
             label: curve
             for label, r in zip(labels, runs, strict=True)
             if (curve := as_curve((r.get("metrics") or {}).get(name))) is not None
         }
+        x_label = _x_label(name, runs)
+        x_format = format_epsilon if x_label == "epsilon" else None
+        title = f"{probe}: {_metric_title(name)}"
+        if all(len(curve) <= 1 for curve in series.values()):
+            fmt = x_format or format_value
+            rows = [(label, fmt(x), format_value(y)) for label, curve in series.items() for x, y in curve]
+            points.append(CurvePoints(title, x_label, _metric_title(name), rows))
+            continue
+        xs = [x for curve in series.values() for x, _ in curve]
         svg = line_chart(
             series,
-            title=f"{probe}: {_metric_title(name)}",
-            x_label=_x_label(name, runs),
+            title=title,
+            x_label=x_label,
             y_label=_metric_title(name),
+            x_format=x_format,
+            x_ticks=_epsilon_ticks(xs) if x_format else None,
         )
         charts.append(Markup(svg))  # our own plotting code escapes every string it embeds
-    return charts
+    return charts, points
 
 
 def png_size(png: bytes) -> tuple[int, int] | None:
@@ -365,7 +477,7 @@ def _display_size(png: bytes) -> tuple[int | None, int | None]:
 def _image(png: bytes, caption: str) -> Image:
     uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     width, height = _display_size(png)
-    return Image(uri, caption, width, height)
+    return Image(uri, _caption(caption), width, height)
 
 
 def build_figure(artifact: Artifact, run_label: str) -> Figure:
@@ -376,27 +488,50 @@ def build_figure(artifact: Artifact, run_label: str) -> Figure:
     return Figure(str(artifact.title), run_label, images)
 
 
-def _figures(runs: Sequence[Mapping[str, Any]], artifacts: Mapping[str, Sequence[Artifact]]) -> list[Figure]:
-    return [
-        build_figure(artifact, _run_label(r))
-        for r in runs
-        for artifact in artifacts.get(str(r.get("run_id")), ())
-    ]
+def build_examples(
+    runs: Sequence[Mapping[str, Any]], artifacts: Mapping[str, Sequence[Artifact]]
+) -> list[ExampleGroup]:
+    """One collapsible group of example figures per run that has any, folded: the runs of a probe
+    tend to show near-identical examples, and unfolded they made most of the page's height."""
+    groups = []
+    for label, r in zip(_series_labels(runs), runs, strict=True):
+        figures = [build_figure(a, _run_label(r)) for a in artifacts.get(str(r.get("run_id")), ())]
+        if figures:
+            groups.append(ExampleGroup(label, figures))
+    return groups
 
 
 def build_tables(runs: Sequence[Mapping[str, Any]]) -> list[TableView]:
-    """The runs' own tables (``run["tables"]`` in results.json), cells formatted for display."""
-    return [
-        TableView(
-            title=str(table.get("title", "")),
-            run_label=_run_label(r),
-            note=str(table.get("note") or ""),
-            columns=[str(c) for c in table.get("columns") or []],
-            rows=[[format_value(v) for v in row] for row in table.get("rows") or []],
-        )
-        for r in runs
-        for table in r.get("tables") or []
-    ]
+    """The runs' own tables (``run["tables"]`` in results.json), cells formatted for display
+    (epsilon columns as ``k/255``)."""
+    views = []
+    for r in runs:
+        for table in r.get("tables") or []:
+            columns = [str(c) for c in table.get("columns") or []]
+            views.append(
+                TableView(
+                    title=str(table.get("title", "")),
+                    run_label=_run_label(r),
+                    note=str(table.get("note") or ""),
+                    columns=columns,
+                    rows=[
+                        [_format_named(c, v) for c, v in zip_longest(columns, row, fillvalue="")][: len(row)]
+                        for row in table.get("rows") or []
+                    ],
+                )
+            )
+    return views
+
+
+def group_tables(tables: Sequence[TableView]) -> list[TableGroup]:
+    """Tables of the same title (one per run) together, in first-seen order, each note said once."""
+    groups: dict[str, TableGroup] = {}
+    for table in tables:
+        group = groups.setdefault(table.title, TableGroup(table.title, [], []))
+        group.tables.append(table)
+        if table.note and table.note not in group.notes:
+            group.notes.append(table.note)
+    return list(groups.values())
 
 
 def build_section(
@@ -409,15 +544,17 @@ def build_section(
     """Everything shown for one probe: definition, run table, charts and example images."""
     metric_names = _unique(k for r in runs for k in _scalar_metrics(r.get("metrics") or {}))
     score_doc = next((str(r["score_doc"]) for r in runs if r.get("score_doc")), "")
+    charts, points = build_charts(probe, runs)
     return ProbeSection(
         anchor=f"probe-{index}",
         name=probe,
         score_doc=score_doc,
         metric_names=[_metric_title(m) for m in metric_names],
         runs=[_run_row(r, metric_names, fail_under) for r in runs],
-        charts=build_charts(probe, runs),
-        tables=build_tables(runs),
-        figures=_figures(runs, artifacts),
+        charts=charts,
+        points=points,
+        tables=group_tables(build_tables(runs)),
+        examples=build_examples(runs, artifacts),
         flags=[(label, flag) for label, r in zip(_series_labels(runs), runs, strict=True) for flag in run_flags(r)],
     )
 
@@ -478,7 +615,7 @@ def build_defense_rows(runs: Sequence[Mapping[str, Any]]) -> list[DefenseRow]:
                 continue
             rows.append(
                 DefenseRow(
-                    model=key[0], defense=key[4], probe=key[1], epsilon=eps,
+                    model=key[0], defense=key[4], probe=key[1], epsilon=format_epsilon(eps),
                     undefended=_accuracy_at(bare.get(key[:4]), eps), clean=format_score(clean),
                     non_adaptive=_accuracy_at(pair[False], eps), adaptive=_accuracy_at(pair.get(True), eps),
                 )
@@ -501,12 +638,68 @@ def _environment() -> Environment:
     )
 
 
-def _pass_summary(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -> str:
-    if fail_under is None:
-        return ""
-    scored = [r for r in runs if r.get("status", "ok") == "ok" and is_number(r.get("score"))]
-    passed = sum(1 for r in scored if r["score"] >= fail_under)
-    return f"{passed} of {len(scored)} completed runs pass"
+@dataclass
+class Verdict:
+    """The banner at the top of the report: one word and its CSS class, then the counts behind it."""
+
+    head: str
+    css: str
+    lines: list[str]
+    n_flagged: int
+    flagged: list[str]
+
+
+#: How many runs the banner names per category before "and N more".
+VERDICT_NAMES = 3
+
+
+def _run_name(run: Mapping[str, Any]) -> str:
+    """``pgd-linf on digits-cnn + bit-depth``."""
+    return f"{run.get('probe', '?')} on {_run_label(run)}"
+
+
+def _names(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:VERDICT_NAMES])
+    return shown + (f", and {len(items) - VERDICT_NAMES} more" if len(items) > VERDICT_NAMES else "")
+
+
+def build_verdict(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -> Verdict:
+    """The audit's verdict, as the CLI states it: runs that raised (error), a score under the threshold
+    (FAIL; a score is judged whatever the run's status, as the CLI's exit code 1), runs that timed out
+    (inconclusive), else PASS, or "no threshold" when ``fail_under`` is ``None``. The count of runs
+    with validity flags is given beside it."""
+    n = len(runs)
+    errors = [_run_name(r) for r in runs if r.get("status") == "error"]
+    timeouts = [_run_name(r) for r in runs if r.get("status") == "timeout"]
+    scored = [r for r in runs if is_number(r.get("score")) and math.isfinite(r["score"])]
+    under = [] if fail_under is None else [r for r in scored if r["score"] < fail_under]
+    lines = []
+    if fail_under is not None:
+        passed = sum(1 for r in scored if r["score"] >= fail_under)
+        lines.append(f"Pass threshold: a score \u2265 {fail_under:.3f} passes; {passed} of {n} runs pass.")
+    else:
+        lines.append(f"{n} run{'s' if n != 1 else ''}; no threshold set (--fail-under): scores are shaded from 0 to 1.")
+    if under:
+        shown = [f"{_run_name(r)}: {format_score(r['score'])}" for r in sorted(under, key=lambda r: r["score"])]
+        lines.append(f"{len(under)} of {n} runs under the threshold ({_names(shown)}).")
+    if errors:
+        lines.append(f"{len(errors)} of {n} runs raised ({_names(errors)}).")
+    if timeouts:
+        lines.append(f"{len(timeouts)} of {n} runs timed out: their scores cover what finished ({_names(timeouts)}).")
+    if errors:
+        head, css = "error", "error"
+    elif under:
+        head, css = "FAIL", "fail"
+    elif timeouts:
+        head, css = "inconclusive", "timeout"
+    elif not runs:
+        head, css = "no runs", "neutral"
+    elif fail_under is None:
+        head, css = "no threshold", "neutral"
+    else:
+        head, css = "PASS", "pass"
+    flagged = [f"{_run_name(r)}: {', '.join(f.code for f in run_flags(r))}" for r in runs if run_flags(r)]
+    return Verdict(head, css, lines, len(flagged), [_names(flagged)] if flagged else [])
 
 
 def build_context(
@@ -528,7 +721,7 @@ def build_context(
         "n_runs": len(runs),
         "n_flagged": sum(1 for r in runs if run_flags(r)),
         "fail_under": None if fail_under is None else f"{fail_under:.3f}",
-        "pass_summary": _pass_summary(runs, fail_under),
+        "verdict": build_verdict(runs, fail_under),
         "probes": probes,
         "show_clean": any(is_number((r.get("metrics") or {}).get("clean_accuracy")) for r in runs),
         "summary": build_summary(runs, probes, fail_under),

@@ -9,7 +9,7 @@ the result of :func:`line_chart` as safe.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -37,7 +37,7 @@ CHAR_WIDTH = 6.4  # rough width of one character at FONT_SIZE, for legend layout
 LEGEND_ROW = 16
 LEGEND_SWATCH = 18
 MAX_LEGEND_CHARS = 40
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 30, 42
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 28, 30, 42  # right: room for "16/255"
 MIN_PLOT_HEIGHT = 60
 
 
@@ -170,8 +170,10 @@ def _dash_attr(dash: str) -> str:
     return f' stroke-dasharray="{dash}"' if dash else ""
 
 
-def _grid_and_ticks(frame: _Frame) -> list[str]:
-    """Grid lines, tick marks and tick labels of both axes."""
+def _grid_and_ticks(
+    frame: _Frame, x_ticks: Sequence[float] | None = None, x_format: Callable[[float], str] = format_tick
+) -> list[str]:
+    """Grid lines, tick marks and tick labels of both axes (``x_ticks``/``x_format``: the x axis's own)."""
     parts = []
     for y in nice_ticks(*frame.y_range):
         py = _num(frame.py(y))
@@ -182,14 +184,15 @@ def _grid_and_ticks(frame: _Frame) -> list[str]:
             f'<text x="{_num(frame.left - 6)}" y="{py}" text-anchor="end" dominant-baseline="middle" '
             f'font-size="{FONT_SIZE}" fill="#444">{_esc(format_tick(y))}</text>'
         )
-    for x in nice_ticks(*frame.x_range):
+    lo, hi = frame.x_range
+    for x in nice_ticks(lo, hi) if x_ticks is None else [t for t in x_ticks if lo - 1e-12 <= t <= hi + 1e-12]:
         px = _num(frame.px(x))
         parts.append(
             f'<line class="tick" x1="{px}" y1="{_num(frame.bottom)}" x2="{px}" y2="{_num(frame.bottom + 4)}" stroke="#444"/>'
         )
         parts.append(
             f'<text x="{px}" y="{_num(frame.bottom + 16)}" text-anchor="middle" '
-            f'font-size="{FONT_SIZE}" fill="#444">{_esc(format_tick(x))}</text>'
+            f'font-size="{FONT_SIZE}" fill="#444">{_esc(x_format(x))}</text>'
         )
     return parts
 
@@ -207,7 +210,13 @@ def _axes(frame: _Frame, x_label: str, y_label: str) -> list[str]:
     ]
 
 
-def _series(frame: _Frame, index: int, name: str, points: Sequence[Point]) -> str:
+def _series(
+    frame: _Frame,
+    index: int,
+    name: str,
+    points: Sequence[Point],
+    x_format: Callable[[float], str] = format_tick,
+) -> str:
     """One ``<g class="series">``: a polyline (two or more points) and a marker per point."""
     colour, dash = _style(index)
     parts = [f'<g class="series" data-series="{index}"><title>{_esc(name)}</title>']
@@ -219,7 +228,7 @@ def _series(frame: _Frame, index: int, name: str, points: Sequence[Point]) -> st
     for x, y in points:
         parts.append(
             f'<circle cx="{_num(frame.px(x))}" cy="{_num(frame.py(y))}" r="3" fill="{colour}">'
-            f"<title>{_esc(name)}: ({_esc(format_tick(x))}, {_esc(format_tick(y))})</title></circle>"
+            f"<title>{_esc(name)}: ({_esc(x_format(x))}, {_esc(format_tick(y))})</title></circle>"
         )
     parts.append("</g>")
     return "".join(parts)
@@ -248,13 +257,17 @@ def line_chart(
     y_label: str,
     width: int = 480,
     height: int = 300,
+    x_format: Callable[[float], str] | None = None,
+    x_ticks: Sequence[float] | None = None,
 ) -> str:
     """Draw ``series`` (name -> ``(x, y)`` points) as an inline SVG line chart.
 
     Points are sorted by x and non-finite ones dropped; a series with a single point is drawn as
     a marker. The y axis spans ``[0, 1]`` when all values lie in that interval, otherwise the data
     range rounded out to tick values. With no data at all, empty axes and a "no data" note are
-    drawn. ``height`` grows when the legend needs more rows than fit.
+    drawn. ``height`` grows when the legend needs more rows than fit. ``x_format`` writes the x
+    values (tick labels, point tooltips; e.g. epsilons as ``8/255``) and ``x_ticks`` replaces the
+    round x ticks (those inside the x range are drawn).
 
     Returns:
         An ``<svg>`` element as a string; all text in it is escaped.
@@ -279,7 +292,8 @@ def line_chart(
         f'<text class="chart-title" x="{_num(width / 2)}" y="18" text-anchor="middle" font-size="{TITLE_SIZE}" '
         f'font-weight="600" fill="#222">{_esc(title)}</text>',
     ]
-    parts += _grid_and_ticks(frame)
+    x_format = x_format or format_tick
+    parts += _grid_and_ticks(frame, x_ticks, x_format)
     parts += _axes(frame, x_label, y_label)
     if not xs:
         parts.append(
@@ -287,7 +301,7 @@ def line_chart(
             f'text-anchor="middle" font-size="{FONT_SIZE}" fill="#777">no data</text>'
         )
     parts += [
-        _series(frame, i, name, points)
+        _series(frame, i, name, points, x_format)
         for i, (name, points) in enumerate(zip(names, cleaned, strict=True))
         if points
     ]

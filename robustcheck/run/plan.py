@@ -12,6 +12,7 @@ Config file (every key optional; command-line options override)::
     executor = "local"        # or "ray" (extra [ray]); ray_address = "auto" joins a running cluster
     ray_task_gpus = 1         # resources of each Ray task (ray_task_cpus too), overriding the probes' own
     shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
+    threads = 1               # torch CPU threads (default: the CPUs available, at most 2; 1 on a busy machine)
     models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
     defenses = ["none", "bit-depth:bits=3"]
 
@@ -40,15 +41,15 @@ from robustcheck.defaults import (
     DEFAULT_SAMPLES,
 )
 from robustcheck.errors import InputError, RequirementError, UsageError, suggest
-from robustcheck.models.loading import ADAPTER_OPTIONS, load_model
+from robustcheck.models.loading import ADAPTER_OPTIONS, LOAD_OPTIONS, load_model
 from robustcheck.params import PluginSpec
 from robustcheck.plugins import create, defense_spec, probe_spec
 from robustcheck.run.ray import create_executor
 from robustcheck.run.runner import Runner, RunSpec
 
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
-            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards"}  # fmt: skip
-MODEL_KEYS = {"source", *ADAPTER_OPTIONS}  # a model table: where it comes from and its adapter options
+            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards", "threads"}  # fmt: skip
+MODEL_KEYS = {"source", *ADAPTER_OPTIONS, *LOAD_OPTIONS}  # a model table: where it comes from, its adapter and loading options
 PROBE_KEYS = {"name", "params", "fail_under"}
 
 
@@ -86,6 +87,7 @@ class AuditPlan:
     ray_task_cpus: float | None = None  # per-task resources, overriding what probes declare
     ray_task_gpus: float | None = None
     shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
+    threads: int | None = None  # torch CPU threads (None: robustcheck.threads.default_threads)
 
     def __post_init__(self) -> None:
         """A model, probe or defense given twice runs once (the first occurrence keeps its place)."""
@@ -109,13 +111,17 @@ class AuditPlan:
         """Merge a TOML config (if any) with command-line options (which win)."""
         values = load_config(config) if config else {}
         input_shape = cli.get("input_shape")  # --input-shape: every model of the audit takes images of this shape
-        values.update({k: v for k, v in cli.items() if k != "input_shape"})
+        trust_pickle = cli.get("trust_pickle")  # --trust-pickle: every model of the audit may be a pickled module
+        values.update({k: v for k, v in cli.items() if k not in ("input_shape", "trust_pickle")})
         if isinstance(values.get("models"), list) and values["models"] and isinstance(values["models"][0], str):
             values["models"] = [_model_choice(m, f"models[{i}]") for i, m in enumerate(values["models"])]
         if input_shape is not None:
             shape = [int(d) for d in input_shape]
             models = values.get("models") or [ModelChoice(DEFAULT_MODEL)]
             values["models"] = [ModelChoice(m.source, {**m.options, "input_shape": shape}) for m in models]
+        if trust_pickle:
+            models = values.get("models") or [ModelChoice(DEFAULT_MODEL)]
+            values["models"] = [ModelChoice(m.source, {**m.options, "trust_pickle": True}) for m in models]
         probes = values.get("probes")
         if probes is not None:
             values["probes"] = [p if isinstance(p, ProbeChoice) else _probe_choice(p, f"probes[{i}]") for i, p in enumerate(probes)]
@@ -140,6 +146,7 @@ class AuditPlan:
             ray_task_cpus=values.get("ray_task_cpus"),
             ray_task_gpus=values.get("ray_task_gpus"),
             shards=_positive_int(values.get("shards", 1), "shards"),
+            threads=_positive_int(values["threads"], "threads") if values.get("threads") is not None else None,
         )
 
     def threshold(self, probe: str) -> float:
@@ -183,7 +190,7 @@ class AuditPlan:
                             seed=self.seed,
                             budget_s=self.budget,
                             batch_size=self.batch_size,
-                            model_options=choice.options,
+                            model_options={k: v for k, v in choice.options.items() if k not in LOAD_OPTIONS},  # not in run ids
                             shards=(min(self.shards, self.samples) if self.samples is not None else self.shards) if shardable else 1,
                         )
                     )

@@ -53,7 +53,7 @@ def test_audit_writes_results_records_and_report(cli: Any, tmp_path: Path) -> No
     out = tmp_path / "out"
     result = cli("audit", "--samples", "16", "--probe", "fgsm", "--defense", "none", "--defense", "bit-depth", "--out", out)
     assert result.code == 0, result.err
-    assert result.err == ""
+    assert result.err == f"robustcheck: ok: 2 runs, no threshold set; report: {out / 'report.html'}\n"  # the verdict only
     assert "digits-cnn" in result.out and "report.html" in result.out  # the summary table
 
     results = _results(out)
@@ -92,7 +92,7 @@ def test_audit_as_a_script(tmp_path: Path) -> None:
     out = tmp_path / "script-out"
     result = run_subprocess([*_script(), "audit", "--samples", "8", "--probe", "fgsm", "--defense", "none", "--quiet", "--out", out])
     assert result.code == 0, result.err
-    assert result.err == ""
+    assert result.err == f"robustcheck: ok: 1 run, no threshold set; report: {out / 'report.html'}\n"
     runs = _results(out)["runs"]
     assert len(runs) == 1 and runs[0]["status"] == "ok" and runs[0]["samples"] == 8
     assert len(pd.read_csv(out / "records.csv")) == 8
@@ -123,7 +123,9 @@ def test_command_line_syntax_errors_exit_2(cli: Any, argv: list[str]) -> None:
 def test_fail_under_exits_1(cli: Any, tmp_path: Path) -> None:
     result = cli("audit", *FAST, "--fail-under", "0.99", "--out", tmp_path / "o")
     assert result.code == 1
-    assert result.err == ""
+    (line,) = result.err.splitlines()  # the verdict, also under --quiet
+    assert line.startswith("robustcheck: FAIL: 1 of 1 runs under their threshold (fgsm on digits-cnn: 0.")
+    assert line.endswith(f" < 0.990); report: {tmp_path / 'o' / 'report.html'}")
     assert _results(tmp_path / "o")["runs"][0]["score"] < 0.99
     assert cli("audit", *FAST, "--fail-under", "0.01", "--out", tmp_path / "o2").code == 0
 
@@ -184,8 +186,10 @@ def test_probe_that_raises_keeps_finished_runs(cli: Any, helpers: Any, tmp_path:
     out = tmp_path / "results"
     result = cli("audit", *FAST, "--probe", "explode", "--out", out)
     assert result.code == 2
-    # the multi-line exception message is folded into one line
-    assert_one_line_error(result.err, "explode", "RuntimeError", "boom in the middle of a run")
+    # the multi-line exception message is folded into one line, then the verdict names the run and the report
+    error, verdict = result.err.splitlines()
+    assert_one_line_error(error, "explode", "RuntimeError", "boom in the middle of a run")
+    assert verdict == f"robustcheck: error: 1 of 2 runs raised (explode on digits-cnn); report: {out / 'report.html'}"
 
     stored = list(stored_runs(out / "runs.sqlite").values())
     assert [(r["probe"], r["status"]) for r in stored] == [("fgsm", "ok"), ("explode", "error")]
@@ -199,6 +203,7 @@ def test_timeout_exits_3(cli: Any, helpers: Any, tmp_path: Path) -> None:
     result = cli("audit", "--samples", "8", "--defense", "none", "--probe", "sleepy:sleep=0.3", "--budget", "0.05", "--quiet", "--out", out)
     assert result.code == 3, result.err
     assert "Traceback" not in result.err
+    assert result.err.startswith("robustcheck: inconclusive: 1 of 1 runs timed out (sleepy on digits-cnn)")
     (run,) = _results(out)["runs"]
     assert run["status"] == "timeout" and run["score"] is None
     assert "budget" in run["message"]

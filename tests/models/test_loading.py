@@ -177,6 +177,119 @@ def test_import_path_errors(factory_module: str) -> None:
         load_model(f"{factory_module}:not_a_module")
 
 
+def test_factory_that_raises_is_an_input_error_naming_it(factory_module: str) -> None:
+    with pytest.raises(InputError, match=f"model factory '{factory_module}:broken' raised RuntimeError: factory exploded"):
+        load_model(f"{factory_module}:broken")
+
+
+def test_import_path_from_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mymodel:build`` works from the folder of mymodel.py without PYTHONPATH; sys.path is left as it was."""
+    name = f"rc_cwd_model_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(MODULE_SOURCE))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])  # as the installed script has it
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=f"cannot import module '{name}'.*looked in the current folder.*path/to/file.py:net"):
+        load_model(f"{name}:net")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    model = load_model(f"{name}:net")
+    assert model(_x()).shape == (2, 3)
+    assert sys.path == before
+    sys.modules.pop(name, None)
+
+
+def test_import_path_whose_module_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"rc_bad_import_{abs(hash(str(tmp_path))) % 10**8}"
+    (tmp_path / f"{name}.py").write_text("raise ValueError('needs a GPU')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(InputError, match=f"importing module '{name}' for model '{name}:net' raised ValueError: needs a GPU"):
+        load_model(f"{name}:net")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Python files: path/to/file.py:factory
+# ---------------------------------------------------------------------------------------------------
+SIBLING_SOURCE = """
+from torch import nn
+
+
+def head(width):
+    return nn.Linear(width, 3)
+"""
+FILE_SOURCE = """
+import torch
+from torch import nn
+
+from rc_sibling_layers import head  # a sibling module of this file
+
+
+def build(width: int = 4):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), head(width))
+
+
+def lazy():
+    import rc_sibling_layers  # imported when the factory runs
+
+    return nn.Sequential(nn.Flatten(), rc_sibling_layers.head(64))
+
+
+def broken():
+    raise KeyError("weights")
+
+
+NOT_CALLABLE = 3
+"""
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    folder = tmp_path / "path" / "to"
+    folder.mkdir(parents=True)
+    (folder / "rc_sibling_layers.py").write_text(textwrap.dedent(SIBLING_SOURCE))
+    path = folder / "my-model.py"
+    path.write_text(textwrap.dedent(FILE_SOURCE))
+    before = set(sys.modules)
+    yield path
+    for name in set(sys.modules) - before:
+        if name == "rc_sibling_layers" or name.startswith("_robustcheck_model_"):
+            del sys.modules[name]
+
+
+def test_python_file_factory(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path_before = list(sys.path)
+    model = load_model(f"{model_file}:build")
+    assert isinstance(model, ImageClassifier) and model.name == f"{model_file}:build"
+    assert model(_x()).shape == (2, 3) and sys.path == path_before
+    wide = load_model(f"{model_file}:build:width=6,labels=[a,b,c]")
+    assert wide.module[1].out_features == 6 and wide.labels == ["a", "b", "c"]
+    monkeypatch.delitem(sys.modules, "rc_sibling_layers")
+    assert load_model(f"{model_file}:lazy")(_x()).shape == (2, 3)  # the folder is importable while the factory runs
+    monkeypatch.chdir(model_file.parent.parent)
+    relative = load_model("to/my-model.py:build")
+    torch.testing.assert_close(relative(_x()), model(_x()))
+
+
+def test_python_file_factory_errors(model_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"model file '.*nope.py' does not exist \(model '.*nope.py:build'\)"):
+        load_model(f"{tmp_path / 'nope.py'}:build")
+    with pytest.raises(InputError, match=r"file '.*my-model.py' has no attribute 'missing'"):
+        load_model(f"{model_file}:missing")
+    with pytest.raises(InputError, match=r"model factory '.*my-model.py:broken' raised KeyError: 'weights'"):
+        load_model(f"{model_file}:broken")
+    with pytest.raises(InputError, match=r"model factory '.*my-model.py:NOT_CALLABLE' is a int"):
+        load_model(f"{model_file}:NOT_CALLABLE")
+    with pytest.raises(UsageError, match="does not accept options"):
+        load_model(f"{model_file}:build:depth=2")
+    bad = tmp_path / "bad.py"
+    bad.write_text("import rc_no_such_dependency_xyz\n")
+    with pytest.raises(InputError, match=r"importing model file '.*bad.py' for factory '.*bad.py:build' raised ModuleNotFoundError"):
+        load_model(f"{bad}:build")
+    assert not any(name.startswith("_robustcheck_model_bad_") for name in sys.modules)
+
+
 # ---------------------------------------------------------------------------------------------------
 # TorchScript and ONNX files
 # ---------------------------------------------------------------------------------------------------
@@ -289,6 +402,52 @@ def test_state_dict_file_asks_for_an_import_path(tmp_path: Path) -> None:
     torch.save({"epoch": 3}, not_tensors)
     with pytest.raises(InputError, match="does not hold a state dict of tensors"):
         load_state_dict(not_tensors)
+
+
+# ---------------------------------------------------------------------------------------------------
+# pickled whole modules: only with trust_pickle
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickled_module_needs_trust(tmp_path: Path, zipped: bool) -> None:
+    net = SmallCNN().eval()
+    path = tmp_path / "whole.pth"
+    torch.save(net, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(InputError, match=r"'.*whole.pth' is a pickled module: loading it runs code from the file; pass --trust-pickle if you trust it"):
+        load_model(str(path))
+    model = load_model(str(path), trust_pickle=True)
+    assert model.name == "whole.pth" and not model.training
+    torch.testing.assert_close(model(_x()), net(_x()))
+    assert load_model(f"{path}:trust_pickle=true,name=p").name == "p"
+    assert load_model("digits-mlp", trust_pickle=True).name == "digits-mlp"  # no effect on other sources
+    with pytest.raises(UsageError, match="'trust_pickle' must be true or false"):
+        load_model(str(path), trust_pickle="yes")
+
+
+def test_pickled_classifier_and_other_objects(tmp_path: Path) -> None:
+    classifier = ImageClassifier(SmallCNN().eval(), labels=list("abcd"), input_shape=(1, 8, 8), name="mine")
+    torch.save(classifier, tmp_path / "classifier.pt")
+    loaded = load_model(str(tmp_path / "classifier.pt"), trust_pickle=True)
+    assert loaded.labels == list("abcd") and loaded.name == "mine"
+    torch.save({"net": SmallCNN(), "epoch": 3}, tmp_path / "checkpoint.pt")
+    with pytest.raises(InputError, match="holds a pickled dict, expected a whole torch.nn.Module"):
+        load_model(str(tmp_path / "checkpoint.pt"), trust_pickle=True)
+
+
+def test_pickled_module_whose_class_cannot_be_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"rc_pickled_cls_{abs(hash(str(tmp_path))) % 10**8}"
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text("from torch import nn\n\nclass Net(nn.Linear):\n    def forward(self, x):\n        return super().forward(x.flatten(1))\n")
+    monkeypatch.syspath_prepend(str(folder))
+    module = __import__(name)
+    torch.save(module.Net(64, 2), tmp_path / "net.pt")
+    sys.path.remove(str(folder))
+    del sys.modules[name]
+    with pytest.raises(InputError, match=r"cannot unpickle model '.*net.pt': ModuleNotFoundError.*must be importable"):
+        load_model(str(tmp_path / "net.pt"), trust_pickle=True)
+    (tmp_path / f"{name}.py").write_text((folder / f"{name}.py").read_text())  # beside the file: found
+    assert load_model(str(tmp_path / "net.pt"), trust_pickle=True)(_x()).shape == (2, 2)
+    sys.modules.pop(name, None)
 
 
 # ---------------------------------------------------------------------------------------------------

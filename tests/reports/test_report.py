@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import copy
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from robustcheck.api import Artifact
+from robustcheck.reports.formatting import format_epsilon
 from robustcheck.reports.html import as_curve, png_size, render_report, write_report
 from robustcheck.reports.plots import line_chart, nice_ticks
 
@@ -221,7 +224,7 @@ def test_probe_sections(results: dict) -> None:
     html = render_report(results)
     assert html.count('<section class="probe"') == 2
     assert DOC_PGD in html and "Area under the robust accuracy curve, normalised to [0, 1]." in html
-    assert "steps=10" in html and "epsilons=[0.0, 0.01, 0.05]" in html
+    assert "steps=10" in html and "epsilons=[0, 0.01, 0.05]" in html  # epsilons as epsilons (format_epsilon)
     assert "3.2 s" in html and ">linf<" in html  # seconds and a string metric
 
 
@@ -467,3 +470,220 @@ def test_no_flag_marks_without_flags(results: dict) -> None:
     html = render_report(results)  # runs written before flags existed have no "flags" key
     assert 'class="flag"' not in html and "Validity flags" not in html and "flagged <strong>" not in html
     assert "validity flag" not in html
+
+
+# --------------------------------------------------------------------------- issue 16: layout and numbers
+
+
+def test_format_epsilon() -> None:
+    assert format_epsilon(8 / 255) == "8/255" and format_epsilon(1 / 255) == "1/255"
+    assert format_epsilon("0.0313725") == "8/255"  # robust_accuracy keys: 6 significant digits, within 1e-6
+    assert format_epsilon(0.0313725 + 2e-6) == "0.03137"  # not within 1e-6 of a k/255
+    assert format_epsilon(0) == "0" and format_epsilon("0.0") == "0"
+    assert format_epsilon(1.0) == "1" and format_epsilon(2) == "2"  # whole numbers (L2 radii) stay plain
+    assert format_epsilon(0.25) == "0.25" and format_epsilon(0.03) == "0.03"
+    assert format_epsilon([0.0, 2 / 255, 0.5]) == "[0, 2/255, 0.5]"
+    assert format_epsilon(None) == "\u2014" and format_epsilon(float("nan")) == "\u2014"
+    assert format_epsilon("not a number") == "not a number"
+
+
+def _linf_results(results: dict) -> dict:
+    eps = [0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]
+    for run in results["runs"]:
+        run["params"]["epsilons"] = eps
+        if run["metrics"].get("robust_accuracy"):
+            run["metrics"]["robust_accuracy"] = {f"{e:.6g}": 0.9 - i * 0.1 for i, e in enumerate(eps)}
+            run["metrics"]["median_min_epsilon"] = 4 / 255
+    return results
+
+
+def test_epsilons_print_as_k_over_255_everywhere(results: dict) -> None:
+    html = render_report(_linf_results(results))
+    assert "0.0313725" not in html and "0.03137" not in html and "0.0157" not in html
+    assert "epsilons=[0, 1/255, 2/255, 4/255, 8/255, 16/255]" in html  # run table parameters
+    assert '<td class="num">4/255</td>' in html  # median_min_epsilon in the run table
+    svg = _svgs(html)[0]
+    ticks = re.findall(r'<text x="[^"]*" y="[^"]*" text-anchor="middle" font-size="11" fill="#444">([^<]*)</text>', svg)
+    assert ticks == ["0", "4/255", "8/255", "12/255", "16/255"]
+    assert ": (8/255, " in svg  # point tooltips
+    assert '<text class="x-label"' in svg and ">epsilon</text>" in svg
+
+
+def test_epsilon_in_defense_table_probe_tables_and_captions(results: dict) -> None:
+    results["runs"] = [
+        _defended("a", None, None, {"0": 0.9, "0.0313725": 0.5}),
+        _defended("b", "jpeg", False, {"0": 0.88, "0.0313725": 0.8}),
+        _defended("c", "jpeg", True, {"0": 0.88, "0.0313725": 0.1}),
+    ]
+    results["runs"][0]["tables"] = [{"title": "per sample", "columns": ["index", "epsilon"], "rows": [[3, 0.0313725], [4, None]]}]
+    png = Artifact("t", [np.zeros((1, 8, 8))], ["x"]).png_images()[0]
+    artifacts = {"a": [Artifact("sample 0", [png, png], ["clean: 3", "eps 0.0627451: 5 (0.61)"])]}
+    html = render_report(results, artifacts)
+    assert _defense_rows(html)[0][3] == "8/255"
+    assert "<td>3</td><td>8/255</td>" in html and "<td>4</td><td>\u2014</td>" in html
+    assert "eps 16/255: 5 (0.61)" in html
+
+
+def test_x_axes_named_after_the_parameter(results: dict) -> None:
+    run = results["runs"][0]
+    run["probe"] = "translation"
+    run["metrics"] = {
+        "consistency_by_shift": {"1": 0.9, "2": 0.8},
+        "tradeoff/accuracy": {"1": 0.9, "3": 0.8},
+        "gain_by_window_size": {"1": 0.1, "3": 0.2},
+        "other": {"2": 0.1, "3": 0.2},
+    }
+    run["params"] = {"widths": [2, 3]}
+    labels = re.findall(r'<text class="x-label"[^>]*>([^<]*)</text>', render_report(results))
+    assert labels[:4] == ["shift (px)", "crop window K (px)", "window size", "widths"]
+    assert "value" not in labels
+
+
+def test_single_point_curve_shown_as_numbers(results: dict) -> None:
+    for run in results["runs"]:
+        run["metrics"]["consistency_by_shift"] = {"1": 0.87}
+    html = render_report(results)
+    titles = [re.search(r"<title>(.*?)</title>", svg).group(1) for svg in _svgs(html)]
+    assert not any("consistency by shift" in t for t in titles)  # not drawn
+    assert "pgd-linf: consistency by shift" in html and '<table class="points">' in html
+    points = html.split('<table class="points">', 1)[1].split("</table>", 1)[0]
+    assert "<th scope=\"col\">shift (px)</th>" in points
+    assert '<tr><th scope="row">digits-cnn</th><td class="num">1</td><td class="num">0.87</td></tr>' in points
+    # a curve with several points stays a chart
+    assert any(t == "pgd-linf: robust accuracy" for t in titles)
+
+
+def test_example_cards_collapsed_per_run(results: dict, artifacts: dict) -> None:
+    artifacts["r3"] = [Artifact("a", [np.zeros((1, 8, 8))], ["x"]), Artifact("b", [np.zeros((1, 8, 8))], ["y"])]
+    html = render_report(results, artifacts)
+    pgd = html.split('id="probe-0"', 1)[1].split("</section>", 1)[0]
+    groups = re.findall(r"<details class=\"examples\"( open)?>\s*<summary>(.*?)</summary>(.*?)</details>", pgd, flags=re.S)
+    assert len(groups) == 3  # r1, r3, r5: one per run with examples
+    assert all(not is_open for is_open, _, _ in groups)  # folded by default
+    summaries = [" ".join(re.sub(r"<[^>]+>", "", s).replace("&middot;", "\u00b7").split()) for _, s, _ in groups]
+    assert summaries == ["digits-cnn \u00b7 1 example", "digits-cnn + bit-depth \u00b7 2 examples", "digits-mlp \u00b7 1 example"]
+    assert [body.count("<figure") for _, _, body in groups] == [1, 2, 1]
+
+
+def test_tables_of_one_title_side_by_side_and_scrolling(results: dict) -> None:
+    table = {"title": "per shift", "note": "same note", "columns": ["shift", "rate"], "rows": [[1, 0.5]]}
+    results["runs"][0]["tables"] = [table]
+    results["runs"][2]["tables"] = [table]
+    html = render_report(results)
+    assert html.count("<h3>per shift</h3>") == 1 and html.count("same note") == 1
+    assert html.count('<table class="probe-table">') == 2 and '<div class="table-group">' in html
+    assert ".table-wrap {" in html and "overflow-x: auto" in html
+    for table_tag in re.findall(r'<table class="(?:summary|runs|probe-table|points|defense-eval)"', html):
+        assert html.split(table_tag, 1)[0].rstrip().endswith('<div class="table-wrap">')
+
+
+def _banner(html: str) -> str:
+    block = html.split('<div class="verdict', 1)[1].split('role="status">', 1)[1].split("</div>\n  </div>", 1)[0]
+    return " ".join(re.sub(r"<[^>]+>", " ", block).split())
+
+
+def test_verdict_banner(results: dict) -> None:
+    # thresholds: r1 0.42, r2 0.61, r3 0.55 (timeout), r4 error, r5 0.2
+    html = render_report(results, fail_under=0.5)
+    assert '<div class="verdict error"' in html  # a run raised
+    banner = _banner(html)
+    assert banner.startswith("error") and "Pass threshold: a score \u2265 0.500 passes; 2 of 5 runs pass." in banner
+    assert "2 of 5 runs under the threshold (pgd-linf on digits-mlp: 0.200, pgd-linf on digits-cnn: 0.420)" in banner
+    assert "1 of 5 runs raised (fgsm on digits-cnn + bit-depth)" in banner and "1 of 5 runs timed out" in banner
+    assert "No run flagged." in banner
+
+    ok = [r for r in results["runs"] if r["status"] == "ok"]
+    assert _banner(render_report({**results, "runs": ok}, fail_under=0.5)).startswith("FAIL")
+    assert _banner(render_report({**results, "runs": ok}, fail_under=0.1)).startswith("PASS")
+    timed_out = ok + [results["runs"][2]]
+    assert _banner(render_report({**results, "runs": timed_out}, fail_under=0.1)).startswith("inconclusive")
+    assert _banner(render_report({**results, "runs": ok})).startswith("no threshold 3 runs; no threshold set")
+
+    ok[0]["flags"] = [{"code": "zero-gradients", "message": "m"}]
+    banner = _banner(render_report({**results, "runs": ok}, fail_under=0.1))
+    assert "1 of 3 runs flagged: pgd-linf on digits-cnn: zero-gradients" in banner
+
+
+def _chromium_page_metrics(path: Path) -> dict[str, Any]:
+    """The rendered page's height, width and elements sticking out of the 1400 px viewport outside
+    any scrolling box, measured by headless Chromium (a script appended to a copy of the page)."""
+    probe = """<script>
+addEventListener('load', () => {
+  const w = document.documentElement.clientWidth, out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const r = el.getBoundingClientRect();
+    if (!r.width && !r.height) continue;
+    let p = el.parentElement, scrolls = false;
+    for (; p && p !== document.body; p = p.parentElement) {
+      const s = getComputedStyle(p).overflowX;
+      if (s === 'auto' || s === 'scroll') { scrolls = true; break; }
+    }
+    if (!scrolls && r.right > w + 0.5) out.push(el.tagName + '.' + el.className);
+  }
+  const pre = document.createElement('pre');
+  pre.id = 'page-metrics';
+  pre.textContent = JSON.stringify({height: document.documentElement.scrollHeight,
+    width: document.documentElement.scrollWidth, viewport: w, clipped: out});
+  document.body.appendChild(pre);
+});
+</script>"""
+    page = path.with_name("measured.html")
+    page.write_text(path.read_text(encoding="utf-8").replace("</body>", probe + "</body>"), encoding="utf-8")
+    chromium = shutil.which("chromium")
+    assert chromium is not None
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    ).stdout  # fmt: skip
+    found = re.search(r'<pre id="page-metrics">(.*?)</pre>', dom, flags=re.S)
+    assert found, f"no measurement in Chromium's output: {dom[-500:]}"
+    import html as html_module
+    import json
+
+    return json.loads(html_module.unescape(found.group(1)))
+
+
+def _default_audit_like(results: dict) -> tuple[dict, dict]:
+    """The shape of the default audit: one model, three defenses, five probes, four example figures
+    per run, two per-run tables for translation; epsilons as in the built-in attacks."""
+    linf = {f"{e:.6g}": 0.95 - 0.15 * i for i, e in enumerate([0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255])}
+    l2 = {"0": 0.95, "0.25": 0.9, "0.5": 0.78, "1": 0.49, "2": 0.09}
+    metric_extras = {"clean_accuracy": 0.95, "auc": 0.5, "attack_success_rate": 0.9, "median_min_epsilon": 8 / 255,
+                     "norm": "linf", "foolbox_disagreements": 0, "samples": 100, "zero_gradient_fraction": 0.0}  # fmt: skip
+    shift_table = {"title": "Prediction changes per shift", "note": "a note " * 30, "columns": ["shift", "dy", "dx", "size", "change_rate", "mean_tv"],
+                   "rows": [["realistic", 0, 1, 1, 0.03, 0.058]] * 4}  # fmt: skip
+    trade_table = {"title": "Crop-selection trade-off", "note": "a note " * 30,
+                   "columns": ["defense", "window", "shifts", "accuracy", "fooling_rate", "consistency", "accuracy_drop", "fooling_reduction"],
+                   "rows": [["crop-selection", 3, "realistic", 0.96, 0.19, 0.81, -0.01, 0.6842]] * 4}  # fmt: skip
+    runs, artifacts = [], {}
+    rng = np.random.default_rng(0)
+    for probe in ("deepfool", "fgsm", "pgd-l2", "pgd-linf", "translation"):
+        for defense in (None, "bit-depth", "median-filter"):
+            run_id = f"{probe}-{defense}"
+            if probe == "translation":
+                metrics = {"consistency": 0.87, "fooling_rate": 0.13, "centre_accuracy": 0.95,
+                           "consistency_by_shift": {"1": 0.87}, "tradeoff/fooling_rate": {"1": 0.13, "3": 0.19, "5": 0.22, "9": 0.37},
+                           "tradeoff/accuracy": {"1": 0.95, "3": 0.96, "5": 0.9, "9": 0.78}}  # fmt: skip
+                tables = [shift_table, trade_table]
+            else:
+                metrics = {**metric_extras, "robust_accuracy": l2 if probe in ("deepfool", "pgd-l2") else linf}
+                tables = []
+            runs.append(_run(run_id, "digits-cnn", defense, probe, 0.5, metrics=metrics, params={}, tables=tables))
+            artifacts[run_id] = [
+                Artifact(f"sample {i} (label 2)", [rng.random((3, 32, 32)) for _ in range(3)], ["clean: 2 (1.00)", "eps 0.0313725: 0 (0.50)", "perturbation x6.52"])
+                for i in range(4)
+            ]  # fmt: skip
+    return {**results, "runs": runs}, artifacts
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed")
+def test_default_audit_page_height_in_chromium(tmp_path: Path, results: dict) -> None:
+    """Issue 16: the default audit's page is under 6,000 px tall at 1400 px wide (17,000 px before)
+    and nothing sticks out of the page outside a scrolling box."""
+    doc, artifacts = _default_audit_like(results)
+    path = write_report(tmp_path / "report.html", doc, artifacts, fail_under=0.3)
+    metrics = _chromium_page_metrics(path)
+    assert metrics["height"] < 6000, metrics
+    assert metrics["width"] <= metrics["viewport"], metrics  # no horizontal page scroll
+    assert metrics["clipped"] == [], metrics
