@@ -246,3 +246,27 @@ def wait_for_stored_runs(path: Path, count: int, proc: subprocess.Popen[str], ti
 def comparable_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of a results.json without what may differ between equal audits (timings)."""
     return [{k: v for k, v in run.items() if k != "seconds"} for run in results["runs"]]
+
+
+# A module whose factory ``constant()`` builds a digits classifier that always predicts class 3 with
+# zero input gradients (written to a temp folder by tests of validity flags and exit codes).
+CONSTANT_MODEL_SOURCE = '''
+import torch
+from torch import nn
+
+from robustcheck.data.builtin import DIGIT_CLASSES
+from robustcheck.models.classifier import ImageClassifier
+
+
+class Constant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 5)
+
+    def forward(self, x):
+        return self.bias.expand(len(x), -1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def constant():
+    return ImageClassifier(Constant(), input_shape=(1, 8, 8), labels=DIGIT_CLASSES, name="constant", default_data="digits")
+'''

@@ -13,36 +13,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_one_line_error, robustcheck_command, run_subprocess, stored_runs
+from helpers import (
+    CONSTANT_MODEL_SOURCE,
+    assert_one_line_error,
+    robustcheck_command,
+    run_subprocess,
+    stored_runs,
+)
 
 pytestmark = pytest.mark.usefixtures("workdir", "single_thread")
 
 FAST = ("--samples", "8", "--probe", "fgsm", "--defense", "none", "--quiet")
 
-MODELS_SOURCE = '''
-import torch
-from torch import nn
-
-from robustcheck.data.builtin import DIGIT_CLASSES
-from robustcheck.models.classifier import ImageClassifier
-
+MODELS_SOURCE = CONSTANT_MODEL_SOURCE + '''
 
 def broken():
     """A factory that raises, as one whose weights file is missing does."""
     raise ValueError("no weights in\\n./checkpoints")
-
-
-class Constant(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.bias = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 5)
-
-    def forward(self, x):
-        return self.bias.expand(len(x), -1) + 0 * x.flatten(1).sum(1, keepdim=True)
-
-
-def constant():
-    return ImageClassifier(Constant(), input_shape=(1, 8, 8), labels=DIGIT_CLASSES, name="constant", default_data="digits")
 '''
 
 

@@ -7,13 +7,13 @@ Rules are tested on outcomes built directly (fast, exact); the models that shoul
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
+from helpers import CONSTANT_MODEL_SOURCE
 from torch import nn
 
 from robustcheck.api import ProbeResult
@@ -247,26 +247,6 @@ def test_plain_digits_cnn_has_no_flags(single_thread: None) -> None:
 
 # --------------------------------------------------------------------------- results.json, CLI summary, report
 
-MODELS_SOURCE = '''
-import torch
-from torch import nn
-
-from robustcheck.data.builtin import DIGIT_CLASSES
-from robustcheck.models.classifier import ImageClassifier
-
-
-class Constant(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.bias = nn.Parameter(torch.nn.functional.one_hot(torch.tensor(3), 10).float() * 5)
-
-    def forward(self, x):
-        return self.bias.expand(len(x), -1) + 0 * x.flatten(1).sum(1, keepdim=True)
-
-
-def constant():
-    return ImageClassifier(Constant(), input_shape=(1, 8, 8), labels=DIGIT_CLASSES, name="constant", default_data="digits")
-'''
 
 
 @pytest.fixture
@@ -274,7 +254,7 @@ def flag_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A module with a constant-output model factory, importable as ``rc_flag_models``."""
     folder = tmp_path / "models"
     folder.mkdir()
-    (folder / "rc_flag_models.py").write_text(textwrap.dedent(MODELS_SOURCE))
+    (folder / "rc_flag_models.py").write_text(CONSTANT_MODEL_SOURCE)
     monkeypatch.syspath_prepend(str(folder))
     return "rc_flag_models:constant"
 
