@@ -27,6 +27,7 @@ from torch import nn
 
 from robustcheck import registry
 from robustcheck.data.dataset import ImageDataset
+from robustcheck.deadline import budget_scope
 from robustcheck.defaults import DEFAULT_BATCH_SIZE
 from robustcheck.errors import ProbeTimeout, RequirementError, UsageError
 from robustcheck.jsonutil import json_default
@@ -242,7 +243,9 @@ class Probe(Plugin):
         self.check_requirements(model)
         seed_everything(seed)
         start = time.perf_counter()
-        result = self.run(model, data, RunContext(seed=seed, **context))
+        run_context = RunContext(seed=seed, **context)
+        with budget_scope(run_context.deadline):
+            result = self.run(model, data, run_context)
         result.seed, result.seconds = seed, time.perf_counter() - start
         return result
 

@@ -88,6 +88,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"allowed score drop below the baseline (default {DEFAULT_TOLERANCE})",
     )
     group.addoption("--robustcheck-threads", type=int, default=None, metavar="N", help="torch CPU threads (default: torch's own)")
+    group.addoption(
+        "--robustcheck-device",
+        default=None,
+        metavar="DEVICE",
+        help="move models to auto, cpu, cuda, cuda:N or mps for their runs (default: leave them where they are)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

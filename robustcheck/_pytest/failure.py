@@ -143,4 +143,6 @@ def audit_command(spec: RunSpec, outcome: RunOutcome) -> str:
     parts += ["--samples", str(outcome.to_json()["samples"]), "--defense", str(spec.defense or "none")]
     if spec.budget_s:
         parts += ["--budget", f"{spec.budget_s:g}"]
+    if spec.device:
+        parts += ["--device", spec.device]
     return shlex.join(parts)

@@ -63,6 +63,7 @@ class Settings:
     baseline: Path | None = None
     update_baseline: bool = False
     tolerance: float = DEFAULT_TOLERANCE
+    device: str | None = None  # None: models stay where they are
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -80,6 +81,7 @@ class Settings:
             baseline=path("robustcheck_baseline"),
             update_baseline=config.getoption("robustcheck_update_baseline"),
             tolerance=config.getoption("robustcheck_tolerance"),
+            device=config.getoption("robustcheck_device"),
         )
         settings.validate()
         return settings
@@ -91,6 +93,14 @@ class Settings:
             raise pytest.UsageError(f"--robustcheck-tolerance must be a non-negative number, got {self.tolerance}")
         if self.budget_s is not None and not self.budget_s > 0:
             raise pytest.UsageError(f"--robustcheck-budget must be positive, got {self.budget_s}")
+        if self.device is not None:
+            from robustcheck.devices import check_device_name
+            from robustcheck.errors import UsageError
+
+            try:
+                check_device_name(self.device)
+            except UsageError as exc:
+                raise pytest.UsageError(f"--robustcheck-device: {exc}") from None
 
 
 @dataclass
@@ -312,6 +322,7 @@ class RobustCheck:
             samples=samples,
             seed=self.seed,
             budget_s=self.settings.budget_s,
+            device=self.settings.device,
             model_options={"input_shape": list(_input_shape(input_shape))} if input_shape is not None else {},
         )
         outcome = runner.execute(spec)
@@ -397,6 +408,8 @@ class RobustCheck:
             parts[3:3] = ["-p", name]
         if self.settings.budget_s:
             parts.append(f"--robustcheck-budget={self.settings.budget_s:g}")
+        if self.settings.device:
+            parts.append(f"--robustcheck-device={self.settings.device}")
         return shlex.join(p for p in parts if p)
 
     # -- judging -------------------------------------------------------------------------------

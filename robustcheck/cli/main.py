@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--ray-address", help="join this Ray cluster ('auto', 'ray://head:10001'); default: start a local Ray instance")
     audit.add_argument("--resume", action="store_true", help="reuse runs already finished in the output folder")
     audit.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs available, at most 2; 1 on a busy machine)")
+    audit.add_argument("--device", help="where models run: auto (default: a GPU where there is one), cpu, cuda, cuda:N or mps")
     audit.add_argument("--quiet", action="store_true", help="no progress bars or summary table (the verdict line on stderr stays)")
 
     board = sub.add_parser("leaderboard", help="rank models and defended variants across audits")
@@ -353,6 +354,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
         "ray_task_gpus": args.ray_task_gpus,
         "shards": args.shards,
         "threads": args.threads,
+        "device": args.device,
     }
     return {k: v for k, v in options.items() if v is not None}
 

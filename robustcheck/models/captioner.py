@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from robustcheck.data.captions import DIGIT_WORDS
-from robustcheck.errors import InputError, RequirementError, UsageError
+from robustcheck.deadline import interrupt_if_spent
+from robustcheck.errors import InputError, ProbeTimeout, RequirementError, UsageError
 from robustcheck.models.classifier import ImageClassifier, check_finite
 
 PAD, START, END = "<pad>", "<start>", "<end>"
@@ -152,9 +153,10 @@ class ImageCaptioner(ImageClassifier):
     # -- encoder ---------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``(B, D)`` the decoder reads, for images ``(B, C, H, W)`` in ``bounds`` (differentiable)."""
+        interrupt_if_spent()  # a long attack loop ends here once the run's budget is spent
         try:
             features = self.module(self.normalize(x) if self.normalize is not None else x)
-        except InputError:
+        except (InputError, ProbeTimeout):
             raise
         except Exception as exc:
             raise InputError(

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.errors import InputError, RobustCheckError
+from robustcheck.deadline import interrupt_if_spent
+from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError
 
 #: Modules whose composition is a piecewise-linear ReLU network (what exact verifiers need).
 RELU_NETWORK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Sequential, nn.Identity, nn.Unflatten)
@@ -146,11 +147,23 @@ class ImageClassifier(nn.Module):
                 if own is not None:
                     own.training = False
 
+    def move_to(self, device: str | torch.device) -> ImageClassifier:
+        """Move the network to ``device`` (in place) and return this adapter; batches follow ``self.device``
+        (:meth:`predict` moves them, probes move theirs)."""
+        device = torch.device(device)
+        if device != self.device:
+            self.to(device)
+            self.device = device
+        return self
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K)`` for images ``x`` of shape ``(B, C, H, W)`` in ``bounds`` (not validated)."""
+        interrupt_if_spent()  # a long attack loop ends here once the run's budget is spent
         try:
             output = self.module(self.normalize(x) if self.normalize is not None else x)
+        except ProbeTimeout:  # from an inner adapter (a defended model's): not the network's fault
+            raise
         except InputError as exc:
             # from the ONNX converter (say which model), or from an inner adapter (which named itself)
             if "model '" in str(exc):

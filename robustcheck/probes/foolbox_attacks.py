@@ -109,7 +109,12 @@ class FoolboxAttack(Probe):
                 break
             x = data.x[start : start + context.batch_size]
             y = data.y[start : start + context.batch_size]
-            clipped, fb_success = self._attack(surrogate, x, y)
+            shown = _ProgressShare(context, len(x))
+            try:
+                clipped, fb_success = self._attack(surrogate, x, y, shown)
+            except ProbeTimeout as exc:  # the budget ran out inside the attack: keep the finished batches
+                status, message = "timeout", f"{exc}: {start} of {len(data)} samples attacked"
+                break
             held, batch_rows = self._evaluate(model, x, y, clipped, start)
             zero = self._zero_gradients(surrogate, x, y)
             if zero is not None:
@@ -119,7 +124,7 @@ class FoolboxAttack(Probe):
                 disagreements += int((fb_success.numpy() == held).sum())
             clipped_parts.append(clipped)
             rows.extend(batch_rows)
-            context.advance(len(x))
+            shown.finish()
         if not rows:
             raise ProbeTimeout("time budget spent before the first batch finished")
         records = pd.DataFrame(rows)
@@ -177,8 +182,11 @@ class FoolboxAttack(Probe):
         status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
         return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
 
-    def _attack(self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success flags."""
+    def _attack(
+        self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success
+        flags; ``shown`` advances the progress bar as the epsilons finish."""
         fb = import_foolbox()
         if self.eot > 1:
             surrogate = expectation_over_draws(surrogate, self.eot)
@@ -192,7 +200,7 @@ class FoolboxAttack(Probe):
         with surrogate.eval_mode(), surrogate.frozen():
             fmodel = fb.PyTorchModel(surrogate, bounds=surrogate.bounds, device=surrogate.device)
             try:
-                clipped, success = self._run_attack(fb, fmodel, x, y)
+                clipped, success = self._run_attack(fb, fmodel, x, y, shown)
             except AssertionError as exc:  # foolbox asserts on inputs outside bounds, with no message
                 raise InputError(
                     f"foolbox rejected the inputs of probe {self.name!r}: values in [{x.min().item():.4g}, "
@@ -218,9 +226,23 @@ class FoolboxAttack(Probe):
             grad = torch.zeros_like(x) if grad is None else grad
         return (grad.detach().flatten(1) == 0).all(dim=1).cpu().numpy()
 
-    def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
-        """One foolbox call: per-epsilon clipped adversarials and success flags."""
-        _, clipped, success = self.make_attack(fb)(fmodel, x, fb.criteria.Misclassification(y), epsilons=self.epsilons)
+    def _run_attack(
+        self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None
+    ) -> tuple[list[torch.Tensor], Any]:
+        """Per-epsilon clipped adversarials and success flags. A fixed-epsilon attack runs one epsilon per
+        foolbox call (what foolbox itself does in one call, in the same order, so the random draws are the
+        same), and the progress bar moves after each; a minimisation attack needs one call for all."""
+        attack, criterion = self.make_attack(fb), fb.criteria.Misclassification(y)
+        if not isinstance(attack, fb.attacks.base.FixedEpsilonAttack):
+            _, clipped, success = attack(fmodel, x, criterion, epsilons=self.epsilons)
+            return clipped, success
+        clipped, success = [], []
+        for epsilon in self.epsilons:
+            _, one_clipped, one_success = attack(fmodel, x, criterion, epsilons=epsilon)
+            clipped.append(one_clipped)
+            success.append(one_success)
+            if shown is not None:
+                shown.part(1 / len(self.epsilons))
         return clipped, success
 
     def _evaluate(
@@ -284,6 +306,23 @@ class FoolboxAttack(Probe):
                 )
             )
         return artifacts
+
+
+class _ProgressShare:
+    """The progress bar's share of one batch of ``size`` samples, advanced in parts while the batch is
+    attacked (so a slow batch does not sit at zero) and completed by :meth:`finish`."""
+
+    def __init__(self, context: RunContext, size: int) -> None:
+        self.context, self.size, self.shown = context, size, 0.0
+
+    def part(self, fraction: float) -> None:
+        step = min(fraction * self.size, self.size - self.shown)
+        self.shown += step
+        self.context.advance(step)
+
+    def finish(self) -> None:
+        self.context.advance(self.size - self.shown)
+        self.shown = float(self.size)
 
 
 class MeanLogits(nn.Module):
@@ -409,7 +448,9 @@ class Boundary(FoolboxAttack):
     def make_attack(self, fb: Any) -> Any:
         return fb.attacks.BoundaryAttack(steps=self.steps)
 
-    def _run_attack(self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+    def _run_attack(
+        self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None
+    ) -> tuple[list[torch.Tensor], Any]:
         """foolbox's BoundaryAttack raises ValueError for the whole batch when its random-noise
         initialisation finds no adversarial start for some sample (and warns first). Run that same
         initialisation here and attack only the samples it found a start for; the others count as

@@ -13,6 +13,7 @@ Config file (every key optional; command-line options override)::
     ray_task_gpus = 1         # resources of each Ray task (ray_task_cpus too), overriding the probes' own
     shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
     threads = 1               # torch CPU threads (default: the CPUs available, at most 2; 1 on a busy machine)
+    device = "auto"           # auto (a GPU where there is one), cpu, cuda, cuda:N or mps
     models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
     defenses = ["none", "bit-depth:bits=3"]
 
@@ -40,6 +41,7 @@ from robustcheck.defaults import (
     DEFAULT_OUT,
     DEFAULT_SAMPLES,
 )
+from robustcheck.devices import check_device_name, resolve_device
 from robustcheck.errors import InputError, RequirementError, UsageError, suggest
 from robustcheck.models.loading import ADAPTER_OPTIONS, LOAD_OPTIONS, load_model
 from robustcheck.params import PluginSpec
@@ -48,7 +50,7 @@ from robustcheck.run.ray import create_executor
 from robustcheck.run.runner import Runner, RunSpec
 
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
-            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards", "threads"}  # fmt: skip
+            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards", "threads", "device"}  # fmt: skip
 MODEL_KEYS = {"source", *ADAPTER_OPTIONS, *LOAD_OPTIONS}  # a model table: where it comes from, its adapter and loading options
 PROBE_KEYS = {"name", "params", "fail_under"}
 
@@ -88,9 +90,16 @@ class AuditPlan:
     ray_task_gpus: float | None = None
     shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
     threads: int | None = None  # torch CPU threads (None: robustcheck.threads.default_threads)
+    device: str = "auto"  # where runs execute (robustcheck.devices), resolved where each run executes
 
     def __post_init__(self) -> None:
-        """A model, probe or defense given twice runs once (the first occurrence keeps its place)."""
+        """A model, probe or defense given twice runs once (the first occurrence keeps its place); the device
+        is checked here, where runs execute locally (a Ray cluster's workers resolve it themselves)."""
+        check_device_name(self.device)
+        if self.executor == "local":
+            resolve_device(self.device)
+        elif self.device == "cpu" and self.ray_task_gpus:
+            raise UsageError("--ray-task-gpus reserves GPUs that --device cpu leaves unused: drop one of them")
         self.models = _unique(self.models, lambda m: (m.source, json.dumps(m.options, sort_keys=True, default=str)))
         if self.probes is not None:
             self.probes = _unique(self.probes, lambda p: p.spec)
@@ -147,6 +156,7 @@ class AuditPlan:
             ray_task_gpus=values.get("ray_task_gpus"),
             shards=_positive_int(values.get("shards", 1), "shards"),
             threads=_positive_int(values["threads"], "threads") if values.get("threads") is not None else None,
+            device=values.get("device") or "auto",
         )
 
     def threshold(self, probe: str) -> float:
@@ -189,6 +199,7 @@ class AuditPlan:
                             samples=self.samples,
                             seed=self.seed,
                             budget_s=self.budget,
+                            device=self.device,
                             batch_size=self.batch_size,
                             model_options={k: v for k, v in choice.options.items() if k not in LOAD_OPTIONS},  # not in run ids
                             shards=(min(self.shards, self.samples) if self.samples is not None else self.shards) if shardable else 1,
@@ -225,7 +236,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
             raise UsageError(f"{path}: {key!r} must be a number, got {values[key]!r}")
     if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)):
         raise UsageError(f"{path}: 'seed' must be an integer, got {values['seed']!r}")
-    for key in ("out", "data", "executor", "ray_address"):
+    for key in ("out", "data", "executor", "ray_address", "device"):
         if key in values and not isinstance(values[key], str):
             raise UsageError(f"{path}: {key!r} must be a string, got {values[key]!r}")
     for i, defense in enumerate(values.get("defenses", [])):

@@ -22,7 +22,7 @@ from typing import Any
 from robustcheck import registry
 from robustcheck.errors import RequirementError, UsageError
 from robustcheck.plugins import plugin_class
-from robustcheck.run.runner import LocalExecutor, Runner, RunOutcome, RunSpec, escape_label, summary_line
+from robustcheck.run.runner import LocalExecutor, Runner, RunOutcome, RunSpec, summary_line, unit_label
 
 EXECUTORS = ("local", "ray")
 #: How often the driver refreshes progress bars while waiting for Ray tasks (seconds).
@@ -111,7 +111,7 @@ class RayExecutor:
                 [shared], spec, progress, index
             )  # [shared]: a nested reference is not resolved by Ray, so workers can cache by its id
             pending[ref] = index
-        labels = [escape_label(spec.label) for spec in specs]
+        labels = [unit_label(index, specs) for index in range(len(specs))]
         tasks = [bar.add_task(label, total=len(runner.data_for(spec))) for label, spec in zip(labels, specs, strict=True)] if bar else []
         try:
             while pending:

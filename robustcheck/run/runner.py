@@ -29,7 +29,9 @@ import robustcheck
 from robustcheck.api import Artifact, ProbeResult, RunContext, Table
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.data.loading import load_data
+from robustcheck.deadline import budget_scope
 from robustcheck.defaults import DEFAULT_BATCH_SIZE, DEFAULT_SAMPLES
+from robustcheck.devices import check_device_name, describe_device, resolve_device
 from robustcheck.errors import InputError, ProbeTimeout, RobustCheckError, UsageError
 from robustcheck.jsonutil import json_default
 from robustcheck.models.classifier import ImageClassifier, audited_model
@@ -60,6 +62,9 @@ class RunSpec:
             (:meth:`~robustcheck.data.dataset.ImageDataset.sample`; ``None``: all of them).
         seed: seed for everything random in this run, the draw of its samples included.
         budget_s: time budget of the probe in seconds (``None``: unlimited); not part of ``run_id``.
+        device: where the run executes (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), resolved where it
+            runs (:func:`robustcheck.devices.resolve_device`), the model moved there; ``None``: the model stays
+            where it is (in-memory models of API and pytest users are not moved unless asked). Not part of ``run_id``.
         model_options: adapter options the model was loaded with (bounds, mean, std, labels, ...);
             part of ``run_id``, so resuming after changing them recomputes the runs.
         shards: split the drawn samples into this many contiguous shards, each its own unit (run in parallel
@@ -75,6 +80,7 @@ class RunSpec:
     samples: int | None = DEFAULT_SAMPLES
     seed: int = 0
     budget_s: float | None = None
+    device: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     model_options: dict[str, Any] = field(default_factory=dict)
     shards: int = 1
@@ -91,9 +97,11 @@ class RunSpec:
             raise UsageError(f"shards must be a positive integer, got {self.shards!r}")
         if self.shard is not None and not 0 <= self.shard < self.shards:
             raise UsageError(f"shard {self.shard} out of range for {self.shards} shards")
+        if self.device is not None:
+            check_device_name(self.device)
 
     def identity(self) -> dict[str, Any]:
-        """What determines the result (everything but the time budget), in the form run ids have
+        """What determines the result (everything but the time budget and the device), in the form run ids have
         always hashed: probe name and parameters apart, the defense as its spec text."""
         out = {
             "model": self.model,
@@ -136,7 +144,8 @@ class RunOutcome:
     """A finished run: its spec, the result and whether it came from the store (``resumed``).
 
     ``indices``: the dataset indices of the samples it ran on, in the order the probe saw them
-    (``None``: unknown); ``labels``: the class names of the model as audited (``None``: none).
+    (``None``: unknown); ``labels``: the class names of the model as audited (``None``: none);
+    ``device``: the device it ran on (``None``: unknown, e.g. stored by an older version).
     """
 
     spec: RunSpec
@@ -146,6 +155,7 @@ class RunOutcome:
     resumed: bool = False
     indices: list[int] | None = None
     labels: list[str] | None = None
+    device: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
@@ -163,6 +173,7 @@ class RunOutcome:
             "status": r.status,
             "message": r.message,
             "seconds": round(r.seconds, 3),
+            "device": self.device,
             "seed": r.seed,
             "score_doc": self.score_doc,
             "indices": self.indices,
@@ -182,7 +193,6 @@ def environment() -> dict[str, str]:
         "foolbox": foolbox_version(),
         "z3": z3.get_version_string(),
         "platform": platform.platform(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
 
 
@@ -288,6 +298,8 @@ class Runner:
         """Run one unit now (no store lookup); probe errors become status ``error``."""
         data = self.data_for(spec)
         model = self.model_for(spec)
+        if spec.device is not None:  # resolved here, where the run executes (a Ray worker has its own GPUs)
+            model.move_to(resolve_device(spec.device))
         # seed after the cached model and data are resolved: building a model the first time draws
         # random initial weights, which would otherwise make a run depend on whether it came first
         seed_everything(spec.seed)
@@ -304,7 +316,8 @@ class Runner:
         )
         start = time.perf_counter()
         try:
-            result = probe.run(target, data, context)
+            with budget_scope(deadline):
+                result = probe.run(target, data, context)
             json.dumps(result.metrics, default=json_default)  # metrics a probe cannot save fail this run only
         except ProbeTimeout as exc:
             result = ProbeResult(None, status="timeout", message=f"{exc} after {spec.budget_s} s")
@@ -313,7 +326,9 @@ class Runner:
         except Exception as exc:  # a probe's bug must not lose the audit: record it, keep going
             result = ProbeResult(None, status="error", message=f"probe {spec.probe.name!r} raised {type(exc).__name__}: {exc}")
         result.seed, result.seconds = spec.seed, time.perf_counter() - start
-        return RunOutcome(spec, result, data.name, probe.score_doc, indices=data.dataset_indices, labels=model.labels)
+        return RunOutcome(
+            spec, result, data.name, probe.score_doc, indices=data.dataset_indices, labels=model.labels, device=describe_device(model.device)
+        )
 
     def run(self, specs: Sequence[RunSpec], executor: Any = None) -> list[RunOutcome]:
         """Execute ``specs``, reusing stored runs; each finished run is saved the moment it arrives.
@@ -331,9 +346,12 @@ class Runner:
                 units.extend(u for u in spec.shard_units() if u is spec or self._stored(u) is None)
         with self._progress() as bar:
             finished = {}
+            overall = bar.add_task(f"all runs ({len(units)} to do, {len(specs) - len(units)} stored)", total=len(units)) if bar and units else None
             for position, outcome in (executor or LocalExecutor()).execute(self, units, bar):
                 self._save(outcome)
                 finished[units[position].run_id] = outcome
+                if overall is not None:
+                    bar.advance(overall)
         for index, spec in enumerate(specs):
             if index not in outcomes:
                 outcomes[index] = finished.get(spec.run_id) or self._merge(spec, finished)
@@ -354,7 +372,10 @@ class Runner:
         result.seed, result.seconds = spec.seed, sum(r.seconds for r in results)
         data_name = parts[0].data_name if parts[0] is not None else ""
         data = self.data_for(spec)
-        outcome = RunOutcome(spec, result, data_name, probe.score_doc, indices=data.dataset_indices, labels=self.model_for(spec).labels)
+        devices = ", ".join(sorted({p.device for p in parts if p is not None and p.device}))
+        outcome = RunOutcome(
+            spec, result, data_name, probe.score_doc, indices=data.dataset_indices, labels=self.model_for(spec).labels, device=devices or None
+        )
         self._save(outcome)
         return outcome
 
@@ -367,9 +388,17 @@ class Runner:
         if self.quiet:
             yield None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        # k/N (samples of a run, runs of the audit), time spent and left (rich's estimate from the rate so far)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         with Progress(*columns, transient=False) as bar:
             yield bar
 
@@ -388,8 +417,9 @@ class Runner:
             status=row["status"], message=row["message"], seed=row["seed"], seconds=row["seconds"],
         )  # fmt: skip
         return RunOutcome(
-            spec, result, row["data"], row.get("score_doc", ""), resumed=True, indices=row.get("indices"), labels=row.get("labels")
-        )
+            spec, result, row["data"], row.get("score_doc", ""), resumed=True, indices=row.get("indices"), labels=row.get("labels"),
+            device=row.get("device"),
+        )  # fmt: skip
 
     def _save(self, outcome: RunOutcome) -> None:
         if self.store is not None:
@@ -403,7 +433,7 @@ class Runner:
             "robustcheck_version": robustcheck.__version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seed": seed,
-            "environment": environment(),
+            "environment": {**environment(), "device": ", ".join(sorted({o.device for o in outcomes if o.device})) or None},
             "runs": [{**o.to_json(), "flags": [f.to_json() for f in flags]} for o, flags in zip(outcomes, audit_flags(outcomes), strict=True)],
         }
 
@@ -485,6 +515,11 @@ def summary_line(outcome: RunOutcome) -> str:
     return f"score {r.score:.3f}" if r.status == "ok" and r.score is not None else r.status
 
 
+def unit_label(index: int, specs: Sequence[RunSpec]) -> str:
+    """``run 3/12 digits-cnn / pgd-linf``: the progress line of unit ``index`` of ``specs`` (escaped for rich)."""
+    return f"run {index + 1}/{len(specs)} {escape_label(specs[index].label)}"
+
+
 def escape_label(text: str) -> str:
     return escape(text)
 
@@ -502,7 +537,7 @@ class LocalExecutor:
     def execute(self, runner: Runner, specs: Sequence[RunSpec], bar: Any) -> Iterator[tuple[int, RunOutcome]]:
         """Yield ``(index in specs, outcome)`` as units finish."""
         for index, spec in enumerate(specs):
-            label = escape_label(spec.label)
+            label = unit_label(index, specs)
             task = bar.add_task(label, total=len(runner.data_for(spec))) if bar else None
             outcome = runner.execute(spec, progress=(lambda n, t=task: bar.advance(t, n)) if bar else None)
             if bar:

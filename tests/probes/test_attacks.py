@@ -75,8 +75,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     original = FoolboxAttack._attack
 
-    def spy(self, surrogate, x, y):
-        clipped, success = original(self, surrogate, x, y)
+    def spy(self, surrogate, x, y, shown=None):
+        clipped, success = original(self, surrogate, x, y, shown)
         calls.append({"surrogate": surrogate, "x": x, "y": y, "clipped": clipped, "success": success})
         return clipped, success
 

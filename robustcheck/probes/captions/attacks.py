@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -58,7 +58,7 @@ from robustcheck.probes.captions.goals import (
     project,
     success_fn,
 )
-from robustcheck.probes.captions.results import Evaluation
+from robustcheck.probes.captions.results import Evaluation, Key
 
 __all__ = [
     "MODES",
@@ -75,6 +75,23 @@ __all__ = [
 DEFAULT_EPSILONS = [8 / 255, 16 / 255, 32 / 255, 64 / 255]
 #: ``transfer_model="auto"``: the second captioner for each built-in one (another seed and width).
 AUTO_TRANSFER = {"digits-captioner": "digits-captioner-b", "digits-captioner-b": "digits-captioner"}
+
+
+@dataclass
+class _BatchRecords:
+    """One batch's captions (``Evaluation.add`` arguments) and attack time, kept until the batch is whole."""
+
+    records: list[tuple[Key, list[str], list[str] | None, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    seconds: float = 0.0
+    images: int = 0
+
+    def add(
+        self, key: Key, model: ImageCaptioner, transfer: ImageCaptioner | None, x: torch.Tensor, adv: torch.Tensor
+    ) -> None:
+        """Caption ``adv`` ``(B, C, H, W)`` with both captioners and keep it against clean ``x``."""
+        adv = adv.detach()
+        moved = transfer.caption(adv.to(transfer.device)) if transfer is not None else None
+        self.records.append((key, model.caption(adv), moved, x.cpu(), adv.cpu()))
 
 
 class CaptionAttack(Probe):
@@ -184,48 +201,51 @@ class CaptionAttack(Probe):
         context: RunContext,
     ) -> tuple[str, str]:
         """Attack every sample at every epsilon in every mode, batch by batch; returns (status, message)."""
-        references = data.texts
-        tokens = model.vocabulary.encode_batch(references).to(model.device)
+        tokens = model.vocabulary.encode_batch(data.texts).to(model.device)
         for start in range(0, len(data), context.batch_size):
+            rows = np.arange(start, min(start + context.batch_size, len(data)))
             try:
                 context.check_time()
+                batch = self._attack_rows(model, transfer, data, plan, rows, tokens)  # the model may stop it too
             except ProbeTimeout as exc:
                 if start == 0:
                     raise
                 return "timeout", f"{exc}: {start} of {len(data)} samples attacked"
-            rows = np.arange(start, min(start + context.batch_size, len(data)))
-            for mode in self.modes:
-                index = plan.target_index(mode)[rows]
-                sub = rows[index >= 0]  # keyword mode: samples with a reachable keyword only
-                if not len(sub):
-                    continue
-                x, tgt = data.x[sub].to(model.device), index[index >= 0]
-                self._record(evaluation, (mode, 0.0), model, transfer, x, x)
-                success = success_fn(model, plan.subset(sub), references, mode)
-                batch = AttackBatch(x, data.x[tgt].to(model.device), tokens[tgt], success)
-                for eps in self.epsilons:
-                    begin = time.perf_counter()
-                    adv = self.attack(model, batch, eps)
-                    evaluation.attack_seconds += time.perf_counter() - begin
-                    evaluation.attacked_images += len(x)
-                    self._record(evaluation, (mode, eps), model, transfer, x, adv)
+            for key, captions, moved, x, adv in batch.records:  # a batch counts only once it is whole
+                evaluation.add(key, captions, moved, x, adv)
+            evaluation.attack_seconds += batch.seconds
+            evaluation.attacked_images += batch.images
             evaluation.samples += len(rows)
             context.advance(len(rows))
         return "ok", ""
 
-    @staticmethod
-    def _record(
-        evaluation: Evaluation,
-        key: tuple[str, float],
+    def _attack_rows(
+        self,
         model: ImageCaptioner,
         transfer: ImageCaptioner | None,
-        x: torch.Tensor,
-        adv: torch.Tensor,
-    ) -> None:
-        """Caption ``adv`` ``(B, C, H, W)`` with both captioners and record it against clean ``x``."""
-        adv = adv.detach()
-        moved = transfer.caption(adv.to(transfer.device)) if transfer is not None else None
-        evaluation.add(key, model.caption(adv), moved, x.cpu(), adv.cpu())
+        data: CaptionDataset,
+        plan: TargetPlan,
+        rows: np.ndarray,
+        tokens: torch.Tensor,
+    ) -> _BatchRecords:
+        """Attack samples ``rows`` at every epsilon in every mode; caption the results with both captioners."""
+        batch = _BatchRecords()
+        for mode in self.modes:
+            index = plan.target_index(mode)[rows]
+            sub = rows[index >= 0]  # keyword mode: samples with a reachable keyword only
+            if not len(sub):
+                continue
+            x, tgt = data.x[sub].to(model.device), index[index >= 0]
+            batch.add((mode, 0.0), model, transfer, x, x)
+            success = success_fn(model, plan.subset(sub), data.texts, mode)
+            attack_batch = AttackBatch(x, data.x[tgt].to(model.device), tokens[tgt], success)
+            for eps in self.epsilons:
+                begin = time.perf_counter()
+                adv = self.attack(model, attack_batch, eps)
+                batch.seconds += time.perf_counter() - begin
+                batch.images += len(x)
+                batch.add((mode, eps), model, transfer, x, adv)
+        return batch
 
     def result(
         self,

@@ -240,7 +240,7 @@ class TranslationProbe(Probe):
 
         ``margin``: extra context per side of the realistic views (for a defended model that chooses its own
         crop); ``examples``: flipping pairs to keep; ``progress``: report finished images to the runner. When
-        the time budget is spent between batches, returns what finished (``count`` tells), or raises
+        the time budget is spent (between batches or inside one), returns what finished (``count`` tells), or raises
         :class:`ProbeTimeout` when nothing finished or ``complete`` asks for every image (a trade-off row
         compares whole sets).
         """
@@ -249,18 +249,18 @@ class TranslationProbe(Probe):
         preds, confs, tvs, cosines, flips = [], [], [], [], []
         with inference(model) as captured:
             for start in range(0, len(data), step):
-                try:
-                    context.check_time()
-                except ProbeTimeout:
-                    if complete or not preds:
-                        raise
-                    break
                 x = data.x[start : start + step]
                 if mode == "realistic":
                     views = window_views(plan.canvas(x), [CENTRE, *offsets], plan.size, margin)
                 else:
                     views = cyclic_views(centre_crop(x, plan.size), [CENTRE, *offsets])
-                probs, features = self._forward(model, views, captured)
+                try:
+                    context.check_time()
+                    probs, features = self._forward(model, views, captured)  # the model may stop it too
+                except ProbeTimeout:
+                    if complete or not preds:
+                        raise
+                    break
                 conf, pred = probs.max(dim=2)
                 preds.append(pred.numpy())
                 confs.append(conf.numpy())
