@@ -22,6 +22,7 @@ from robustcheck.data.formats.cifar import (
     load_cifar_batches,
 )
 from robustcheck.data.formats.common import check_layout, check_limit, check_size, check_split, reason
+from robustcheck.data.formats.corrupted import is_corruption_folder, load_corruption_folder
 from robustcheck.data.formats.folders import (
     class_dirs,
     image_files,
@@ -69,6 +70,9 @@ def load_path(path: Path | str, **params: Any) -> ImageDataset:
       (params ``split="test"|"train"``, ``limit``) or the images file itself (``limit``).
     * CIFAR-10 python batches: a folder with ``test_batch``, ``data_batch_1..5`` and
       ``batches.meta`` (params ``split``, ``limit``), or one batch file (``limit``).
+    * CIFAR-10-C / ImageNet-C: a folder with ``labels.npy`` and ``<corruption>.npy`` files (params
+      ``clean`` = a data source with the clean images unless ``clean.npy`` lies beside them, ``limit``);
+      see :mod:`robustcheck.data.formats.corrupted`.
 
     ``limit`` keeps the first N samples and, where the format allows, reads only those.
     """
@@ -103,6 +107,10 @@ def _load_file(path: Path, params: dict[str, Any]) -> ImageDataset:
 
 
 def _load_folder(folder: Path, params: dict[str, Any]) -> ImageDataset:
+    if is_corruption_folder(folder):
+        p = resolve_params(f"corruption data {folder}", {"limit": None, "clean": None}, params)
+        clean = load_data(str(p["clean"])) if p["clean"] is not None else None
+        return load_corruption_folder(folder, clean=clean, limit=check_limit(p["limit"]))
     if (folder / "labels.csv").is_file():
         p = resolve_params(f"labelled photos {folder}", {"size": 256, "limit": None}, params)
         return load_labelled_photos(folder, size=int(p["size"]), limit=check_limit(p["limit"]))

@@ -35,7 +35,7 @@ from robustcheck.reports.formatting import (
     format_value,
     is_number,
 )
-from robustcheck.reports.plots import line_chart
+from robustcheck.reports.plots import heat_map, line_chart
 
 if TYPE_CHECKING:
     from robustcheck.api import Artifact
@@ -326,6 +326,25 @@ def as_curve(value: Any) -> list[tuple[float, float]] | None:
     return sorted(points)
 
 
+def as_grid(value: Any) -> dict[str, dict[str, float | None]] | None:
+    """``value`` if it maps names to curves (e.g. accuracy per corruption and severity), else ``None``."""
+    if not isinstance(value, Mapping) or not value:
+        return None
+    rows = {}
+    for name, row in value.items():
+        if not isinstance(row, Mapping) or not row:
+            return None
+        cells = {str(k): v for k, v in row.items() if v is not None}
+        if as_curve(cells) is None and cells:
+            return None
+        rows[str(name)] = dict(row)
+    return rows
+
+
+#: Axis names of the grid-shaped metrics of the built-in probes (columns, rows), by the metric's name.
+GRID_LABELS = {"corruption_accuracy": ("severity", "corruption")}
+
+
 def is_epsilon_name(name: str) -> bool:
     """Whether a parameter, metric or column named ``name`` holds epsilons (``eps``, ``epsilons``,
     ``median_min_epsilon``, ``smallest breaking epsilon``...)."""
@@ -451,6 +470,17 @@ def build_charts(probe: str, runs: Sequence[Mapping[str, Any]]) -> tuple[list[Ma
             x_ticks=_epsilon_ticks(xs) if x_format else None,
         )
         charts.append(Markup(svg))  # our own plotting code escapes every string it embeds
+    grid_names = _unique(
+        name for r in runs for name, value in (r.get("metrics") or {}).items() if as_grid(value) is not None
+    )
+    for name in grid_names:  # one heat map per run: grids do not overlay
+        x_label, y_label = GRID_LABELS.get(name, ("column", "row"))
+        for label, r in zip(labels, runs, strict=True):
+            grid = as_grid((r.get("metrics") or {}).get(name))
+            if grid is not None:
+                title = f"{probe}: {_metric_title(name)} ({label})"
+                svg = heat_map(grid, title=title, x_label=x_label, y_label=y_label, value_label=_metric_title(name))
+                charts.append(Markup(svg))  # escaped by the plotting code, like the line charts
     return charts, points
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["line_chart", "nice_ticks", "PALETTE"]
+__all__ = ["heat_map", "line_chart", "nice_ticks", "PALETTE"]
 
 #: Series colours (colour-blind friendly ordering of the "tab10" palette).
 PALETTE = (
@@ -308,4 +308,120 @@ def line_chart(
     if names:
         parts += _legend(names, frame.left, frame.bottom + MARGIN_BOTTOM + 4, plot_width)
     parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- heat maps
+
+#: Colour stops of :func:`heat_map` from the low to the high end of its range (viridis, colour-blind safe).
+HEAT_STOPS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
+HEAT_CELL_WIDTH, HEAT_CELL_HEIGHT = 52, 22
+HEAT_LEGEND_WIDTH = 160
+
+
+def _heat_colour(value: float, low: float, high: float) -> str:
+    """The colour of ``value`` on :data:`HEAT_STOPS` between ``low`` and ``high`` (clipped)."""
+    t = 0.0 if high <= low else min(max((value - low) / (high - low), 0.0), 1.0)
+    position = t * (len(HEAT_STOPS) - 1)
+    i = min(int(position), len(HEAT_STOPS) - 2)
+    frac = position - i
+    a, b = HEAT_STOPS[i], HEAT_STOPS[i + 1]
+    channels = [round(int(a[k : k + 2], 16) * (1 - frac) + int(b[k : k + 2], 16) * frac) for k in (1, 3, 5)]
+    return "#" + "".join(f"{c:02x}" for c in channels)
+
+
+def _text_colour(fill: str) -> str:
+    """Black or white, whichever reads better on ``fill``."""
+    r, g, b = (int(fill[k : k + 2], 16) for k in (1, 3, 5))
+    return "#111" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "#fff"
+
+
+def heat_map(
+    rows: Mapping[str, Mapping[str, float | None]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    value_label: str = "value",
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> str:
+    """Draw a table of numbers (row name -> column name -> value) as an inline SVG heat map.
+
+    Columns are the union of the rows' keys in first-seen order (numerically sorted when every key is a
+    number, e.g. severities). Each cell is coloured on a viridis scale over ``value_range`` and carries its
+    value as text and tooltip; missing or non-finite values are drawn as empty grey cells. A colour bar
+    names ``value_label``. All text is escaped, like :func:`line_chart`'s.
+    """
+    columns: list[str] = []
+    for values in rows.values():
+        columns += [str(k) for k in values if str(k) not in columns]
+    try:
+        columns.sort(key=float)
+    except ValueError:
+        pass
+    names = [str(n) for n in rows]
+    low, high = value_range
+    label_width = max([len(_short(n)) for n in names] + [len(y_label)]) * CHAR_WIDTH + 16
+    left, top = label_width, MARGIN_TOP + 18
+    width = int(left + max(len(columns), 1) * HEAT_CELL_WIDTH + MARGIN_RIGHT)
+    width = max(width, int(left + HEAT_LEGEND_WIDTH + MARGIN_RIGHT))
+    grid_bottom = top + len(names) * HEAT_CELL_HEIGHT
+    height = int(grid_bottom + 64)
+    parts = [
+        f'<svg class="chart heat-map" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{_esc(title)}">',
+        f"<title>{_esc(title)}</title>",
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
+        f'<text class="chart-title" x="{_num(width / 2)}" y="18" text-anchor="middle" font-size="{TITLE_SIZE}" '
+        f'font-weight="600" fill="#222">{_esc(title)}</text>',
+        f'<text class="x-label" x="{_num(left + len(columns) * HEAT_CELL_WIDTH / 2)}" y="{_num(top - 22)}" '
+        f'text-anchor="middle" font-size="{FONT_SIZE}" fill="#222">{_esc(x_label)}</text>',
+        f'<text class="y-label" x="8" y="{_num(top - 6)}" font-size="{FONT_SIZE}" fill="#222">{_esc(y_label)}</text>',
+    ]
+    for j, column in enumerate(columns):
+        parts.append(
+            f'<text x="{_num(left + (j + 0.5) * HEAT_CELL_WIDTH)}" y="{_num(top - 6)}" text-anchor="middle" '
+            f'font-size="{FONT_SIZE}" fill="#444">{_esc(column)}</text>'
+        )
+    for i, (name, values) in enumerate(zip(names, rows.values(), strict=True)):
+        y = top + i * HEAT_CELL_HEIGHT
+        parts.append(
+            f'<text x="{_num(left - 6)}" y="{_num(y + HEAT_CELL_HEIGHT / 2)}" text-anchor="end" dominant-baseline="middle" '
+            f'font-size="{FONT_SIZE}" fill="#222"><title>{_esc(name)}</title>{_esc(_short(name))}</text>'
+        )
+        by_column = {str(k): v for k, v in values.items()}
+        for j, column in enumerate(columns):
+            x = left + j * HEAT_CELL_WIDTH
+            value = by_column.get(column)
+            number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+            known = math.isfinite(number)
+            fill = _heat_colour(number, low, high) if known else "#eeeeee"
+            text = format_tick(round(number, 2)) if known else ""
+            parts.append(
+                f'<g class="cell"><title>{_esc(name)}, {_esc(x_label)} {_esc(column)}: {_esc(text or "no value")}</title>'
+                f'<rect x="{_num(x)}" y="{_num(y)}" width="{HEAT_CELL_WIDTH - 1}" height="{HEAT_CELL_HEIGHT - 1}" fill="{fill}"/>'
+                + (
+                    f'<text x="{_num(x + HEAT_CELL_WIDTH / 2)}" y="{_num(y + HEAT_CELL_HEIGHT / 2)}" text-anchor="middle" '
+                    f'dominant-baseline="middle" font-size="{FONT_SIZE}" fill="{_text_colour(fill)}">{_esc(text)}</text>'
+                    if known
+                    else ""
+                )
+                + "</g>"
+            )
+    bar_top = grid_bottom + 18
+    steps = 20
+    for k in range(steps):
+        value = low + (high - low) * (k + 0.5) / steps
+        parts.append(
+            f'<rect x="{_num(left + k * HEAT_LEGEND_WIDTH / steps)}" y="{_num(bar_top)}" '
+            f'width="{_num(HEAT_LEGEND_WIDTH / steps + 0.5)}" height="10" fill="{_heat_colour(value, low, high)}"/>'
+        )
+    parts += [
+        f'<text x="{_num(left)}" y="{_num(bar_top + 24)}" font-size="{FONT_SIZE}" fill="#444">{_esc(format_tick(low))}</text>',
+        f'<text x="{_num(left + HEAT_LEGEND_WIDTH)}" y="{_num(bar_top + 24)}" text-anchor="end" font-size="{FONT_SIZE}" '
+        f'fill="#444">{_esc(format_tick(high))}</text>',
+        f'<text x="{_num(left + HEAT_LEGEND_WIDTH / 2)}" y="{_num(bar_top + 24)}" text-anchor="middle" '
+        f'font-size="{FONT_SIZE}" fill="#222">{_esc(value_label)}</text>',
+        "</svg>",
+    ]
     return "\n".join(parts)
