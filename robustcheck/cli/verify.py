@@ -9,6 +9,11 @@ Two modes:
   property is judged with VNN-COMP's semantics (the real-valued network with the file's float weights) unless
   ``--semantics float32``; counterexamples are always re-run on the float32 model.
 
+* ``--instances CSV``: a whole VNN-COMP-style benchmark (``onnx,vnnlib,timeout`` rows; see
+  :mod:`robustcheck.verifiers.vnncomp`), each instance within its CSV timeout (or ``--timeout``), one result file
+  per instance under ``--results-dir``, a summary table per network (decided, correct vs the reference, wrong,
+  median time); exit 1 if any verdict contradicts a reference answer.
+
 The verifier (torch, Z3) is imported when the command runs, not with this module, which the CLI's
 parser imports for its arguments.
 """
@@ -29,12 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="registry name, import path or model file")
     source.add_argument("--onnx", help="ONNX network file")
+    source.add_argument("--instances", help="VNN-COMP instances CSV (benchmark mode)")
     parser.add_argument("--eps", type=float, help="L-infinity radius (with --samples)")
     parser.add_argument("--samples", type=int, help="number of samples to verify (with --eps; default 10)")
     parser.add_argument("--data", help="data source for --eps (default: the model's own)")
     parser.add_argument("--vnnlib", help="VNN-LIB 1.0 property file")
     parser.add_argument("--results", help="write a VNN-COMP result file here (with --vnnlib)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per property (default 60)")
+    parser.add_argument("--timeout", type=float, help="seconds per property, or per instance with --instances "
+                        "(default 60; with --instances the CSV's timeouts)")  # fmt: skip
+    parser.add_argument("--results-dir", default="vnncomp-results", help="result files of --instances (default %(default)s)")
+    parser.add_argument("--benchmark", action="append", help="with --instances: only this benchmark (repeatable)")
+    parser.add_argument("--network", action="append", help="with --instances: only this ONNX stem (repeatable)")
+    parser.add_argument("--per-network", type=int, help="with --instances: at most N instances per network, spread "
+                        "evenly over its rows (a quick subset)")  # fmt: skip
     parser.add_argument(
         "--engine",
         choices=["z3", "milp"],
@@ -48,9 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute ``robustcheck verify``; exit 0 when every property is decided, 3 when some stay unknown."""
-    if args.timeout is None or not args.timeout > 0:
+    """Execute ``robustcheck verify``; exit 0 when every property is decided, 3 when some stay unknown (with
+    ``--instances``: 1 when a verdict contradicts a reference)."""
+    if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    if getattr(args, "instances", None):
+        if args.vnnlib or args.eps is not None or args.samples is not None:
+            raise UsageError("--instances runs the CSV's properties: do not give --vnnlib, --eps or --samples")
+        return _run_instances(args)
+    if args.timeout is None:
+        args.timeout = 60.0
     if args.vnnlib:
         if args.eps is not None or args.samples is not None:
             raise UsageError("give either --vnnlib FILE or --eps E --samples N, not both")
@@ -73,9 +92,48 @@ def _options(args: argparse.Namespace, default_semantics: str) -> Any:
     )
 
 
+def _run_instances(args: argparse.Namespace) -> int:
+    import json
+
+    from robustcheck.errors import EXIT_BELOW_THRESHOLD
+    from robustcheck.verifiers import vnncomp
+
+    instances = vnncomp.read_instances(args.instances)
+    chosen = vnncomp.select(instances, args.benchmark, args.network, args.per_network)
+    if not chosen:
+        raise UsageError(f"no instance of {args.instances} matches the --benchmark / --network selection")
+    results_dir = Path(args.results_dir)
+    options = _options(args, "real")
+
+    def report(r: Any) -> None:
+        mark = " WRONG" if r.wrong else ""
+        print(f"{r.instance.benchmark}/{r.instance.onnx.name} {r.instance.vnnlib.name}: {r.verdict} "
+              f"({r.seconds:.1f}s of {args.timeout or r.instance.timeout:g}; reference {r.instance.reference}){mark}",
+              flush=True)  # fmt: skip
+
+    results = vnncomp.run_instances(chosen, options, results_dir, args.timeout, report)
+    rows = [s.row() for s in vnncomp.summarize(results, args.timeout)]
+    print(vnncomp.format_table(rows))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "summary.json").write_text(json.dumps({"summary": rows, "instances": [
+        {"benchmark": r.instance.benchmark, "onnx": str(r.instance.onnx), "vnnlib": str(r.instance.vnnlib),
+         "verdict": r.verdict, "seconds": round(r.seconds, 3), "reference": r.instance.reference,
+         "wrong": r.wrong, "message": r.message} for r in results]}, indent=1))  # fmt: skip
+    print(f"results: {results_dir}")
+    wrong = sum(r.wrong for r in results)
+    if wrong:
+        print(f"{wrong} verdict(s) contradict the reference")
+        return EXIT_BELOW_THRESHOLD
+    return EXIT_OK if all(r.decided for r in results) else EXIT_INCONCLUSIVE
+
+
 def _run_vnnlib(args: argparse.Namespace) -> int:
+    import time
+
     from robustcheck.verifiers.engine import Engine, FloatModel, verify_properties
     from robustcheck.verifiers.vnnlib import read_vnnlib, write_result
+
+    began = time.monotonic()  # --timeout bounds the whole run: loading and parsing count
 
     if args.onnx:
         from robustcheck.verifiers.extraction import from_onnx
@@ -90,7 +148,8 @@ def _run_vnnlib(args: argparse.Namespace) -> int:
         net, model = from_classifier(classifier), FloatModel.from_classifier(classifier)
     props = read_vnnlib(args.vnnlib, net.num_inputs, net.num_outputs)
     verifier = Engine(net, model, _options(args, "real"))
-    verdict, found, outcomes = verify_properties(verifier, props, args.timeout)
+    left = args.timeout - (time.monotonic() - began)
+    verdict, found, outcomes = (verify_properties(verifier, props, left) if left > 0 else ("timeout", None, []))
     for prop, outcome in zip(props, outcomes, strict=False):
         print(_line(prop.name, outcome))
     print(f"result: {verdict}")

@@ -14,6 +14,11 @@ tolerances of about 1e-7, so its "infeasible" is not a proof in exact arithmetic
 :data:`MILP_PAD` (so near-misses count as feasible), the tests cross-check it against Z3, and the engine labels a
 MILP-only SAFE as such or has Z3 confirm it (:attr:`robustcheck.verifiers.engine.Options.confirm_milp`).
 
+Max pooling (after a ReLU) is exact in both: Z3 gets ``m >= a_i`` for every window entry and ``or(m = a_i)``
+over the entries whose upper bound reaches the window's largest lower bound; the MILP a binary per such entry
+(``m <= a_i + (U - l_i)(1 - s_i)``, ``sum s_i = 1``). Smooth activations are not encoded (queries on such
+networks are refused by the engine).
+
 Every query returns a :class:`QueryResult`: ``"unsat"`` (no such input), ``"sat"`` with the input found (float64,
 within the box), or ``"unknown"`` (timeout / solver gave up).
 """
@@ -48,6 +53,11 @@ class QueryResult:
     #: branch and bound only: sub-domains visited and leaves sent to Z3
     nodes: int = 0
     z3_calls: int = 0
+    message: str = ""
+
+
+class _OutOfTime(Exception):
+    """Building an encoding took the whole time budget."""
 
 
 def _import_z3() -> Any:
@@ -160,24 +170,74 @@ def _solve_encoding(
     timeout_s: float,
     solver: Any,
     relu: Callable[[int, int, Callable[[], Any]], Any],
+    bounds: LayerBounds | None = None,
 ) -> QueryResult:
     """Encode the network into ``solver`` and decide "some ``x`` in ``[lo, hi]`` with ``spec @ y(x) <= rhs``".
 
     Each hidden neuron ``j`` of layer ``k`` goes through ``relu(k, j, pre)``: ``pre()`` builds its pre-activation
-    term, and ``relu`` adds what it needs to ``solver`` and returns the post-activation term.
+    term, and ``relu`` adds what it needs to ``solver`` and returns the post-activation term. Building the
+    encoding counts against ``timeout_s`` (a large network's encoding alone can take seconds).
     """
     z3 = _import_z3()
     start = time.perf_counter()
-    solver.set("timeout", max(1, int(timeout_s * 1000)))
-    inputs, _ = _input_vars(z3, lo, hi, solver)
-    acts = inputs
-    for k in range(len(cache.net.affines) - 1):
-        acts = [
-            relu(k, j, partial(_affine_expr, z3, terms, bias, acts))
-            for j, (terms, bias) in enumerate(zip(cache.weights[k], cache.biases[k], strict=True))
-        ]
-    _output_constraints(z3, solver, cache, acts, spec, rhs)
+    deadline = time.monotonic() + timeout_s
+    net = cache.net
+    if any(a != "relu" for a in net.acts):
+        return QueryResult("unknown", None, 0.0, message="smooth activations are not encoded exactly")
+    try:
+        inputs, _ = _input_vars(z3, lo, hi, solver)
+        acts = inputs
+        for k in range(len(net.affines) - 1):
+            layer = []
+            for j, (terms, bias) in enumerate(zip(cache.weights[k], cache.biases[k], strict=True)):
+                if j % 64 == 0 and time.monotonic() > deadline:
+                    raise _OutOfTime
+                layer.append(relu(k, j, partial(_affine_expr, z3, terms, bias, acts)))
+            acts = layer
+            if net.pools[k] is not None:
+                acts = _z3_maxpool(z3, solver, acts, net.pools[k], k, bounds)
+        _output_constraints(z3, solver, cache, acts, spec, rhs)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _OutOfTime
+    except _OutOfTime:
+        return QueryResult("unknown", None, time.perf_counter() - start, message="timeout while encoding")
+    solver.set("timeout", max(1, int(left * 1000)))
     return _check(z3, solver, inputs, lo, hi, start)
+
+
+def _pool_candidates(pool: np.ndarray, a_lo: np.ndarray | None, a_hi: np.ndarray | None) -> list[list[int]]:
+    """Per window the distinct entries that can be its max (upper bound >= the window's largest lower bound)."""
+    out = []
+    for row in pool:
+        members = list(dict.fromkeys(int(i) for i in row))
+        if a_lo is not None and a_hi is not None:
+            floor = max(a_lo[i] for i in members)
+            members = [i for i in members if a_hi[i] >= floor]
+        out.append(members)
+    return out
+
+
+def _post_relu_bounds(bounds: LayerBounds | None, k: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if bounds is None:
+        return None, None
+    return np.maximum(bounds.lower[k], 0.0), np.maximum(bounds.upper[k], 0.0)
+
+
+def _z3_maxpool(z3: Any, solver: Any, acts: list[Any], pool: np.ndarray, k: int, bounds: LayerBounds | None) -> list[Any]:
+    """``m_w = max`` of each window, exactly: ``m >= a_i`` for all entries, ``or(m = a_i)`` over the candidates."""
+    a_lo, a_hi = _post_relu_bounds(bounds, k)
+    out = []
+    for w, candidates in enumerate(_pool_candidates(pool, a_lo, a_hi)):
+        if len(candidates) == 1:
+            out.append(acts[candidates[0]])
+            continue
+        m = z3.Real(f"m_{k}_{w}")
+        for i in dict.fromkeys(int(i) for i in pool[w]):
+            solver.add(m >= acts[i])
+        solver.add(z3.Or(*[m == acts[i] for i in candidates]))
+        out.append(m)
+    return out
 
 
 def z3_query(
@@ -222,7 +282,7 @@ def z3_query(
         solver.add(z3.Or(z3.And(z >= 0, a == z), z3.And(z <= 0, a == 0)))
         return a
 
-    return _solve_encoding(cache, lo, hi, spec, rhs, timeout_s, solver, relu)
+    return _solve_encoding(cache, lo, hi, spec, rhs, timeout_s, solver, relu, bounds)
 
 
 def naive_z3_query(
@@ -318,12 +378,21 @@ def milp_query(
     from scipy.optimize import LinearConstraint, milp
 
     start = time.perf_counter()
+    if any(a != "relu" for a in net.acts):
+        return QueryResult("unknown", None, 0.0, "milp", message="smooth activations are not encoded exactly")
     n0 = net.num_inputs
-    # variable layout: x, then per hidden layer [z (n), a (n), d (n)]
-    offsets, total = [], n0
-    for size in net.hidden_sizes:
+    # variable layout: x, then per hidden layer [z (n), a (n), d (n)] and, with max pooling, [m (W), s (C)]
+    candidates = [
+        None if pool is None else _pool_candidates(pool, *_post_relu_bounds(bounds, k))
+        for k, pool in enumerate(net.pools)
+    ]
+    offsets, pool_offsets, total = [], [], n0
+    for k, size in enumerate(net.hidden_sizes):
         offsets.append(total)
         total += 3 * size
+        pool_offsets.append(total)
+        if candidates[k] is not None:
+            total += len(candidates[k]) + sum(len(c) for c in candidates[k])
     lower = np.full(total, 0.0)
     upper = np.full(total, 0.0)
     integrality = np.zeros(total)
@@ -369,6 +438,11 @@ def milp_query(
         uu = np.where(unstable, up, 0.0)
         block({a_col: un, d_col: sparse.diags(-uu)}, size, np.full(size, -np.inf), np.zeros(size))
         prev_col, prev_n = a_col, size
+        if candidates[k] is not None:
+            prev_col, prev_n = _milp_maxpool(
+                net.pools[k], candidates[k], a_col, pool_offsets[k], np.maximum(low, 0.0), np.maximum(up, 0.0),
+                lower, upper, integrality, rows, row_lo, row_hi, total,
+            )
     last = net.affines[-1]
     combined = spec @ last.weight
     block(
@@ -392,6 +466,53 @@ def milp_query(
     seconds = time.perf_counter() - start
     if result.status == 2:
         return QueryResult("unsat", None, seconds, "milp")
+    if result.status == 1:
+        return QueryResult("unknown", None, seconds, "milp", message="timeout")
     if result.x is not None and result.status in (0, 1):
         return QueryResult("sat", np.clip(result.x[:n0], lo, hi), seconds, "milp")
     return QueryResult("unknown", None, seconds, "milp")
+
+
+def _milp_maxpool(pool: np.ndarray, candidates: list[list[int]], a_col: int, m_col: int, a_lo: np.ndarray,
+                  a_hi: np.ndarray, lower: np.ndarray, upper: np.ndarray, integrality: np.ndarray, rows: list[Any],
+                  row_lo: list[np.ndarray], row_hi: list[np.ndarray], total: int) -> tuple[int, int]:  # fmt: skip
+    """Rows and variables of ``m_w = max_i a_i``: ``m >= a_i`` (all entries), ``m <= a_i + (U - l_i)(1 - s_i)``
+    and ``sum s_i = 1`` over the candidates; returns the column and count of the ``m`` variables."""
+    from scipy import sparse
+
+    width = len(pool)
+    s_col = m_col + width
+    ge_r, ge_c, ge_v, le_r, le_c, le_v, le_hi, eq_r, eq_c = [], [], [], [], [], [], [], [], []
+    n_ge = n_le = 0
+    for w, cands in enumerate(candidates):
+        members = list(dict.fromkeys(int(i) for i in pool[w]))
+        top = max(a_hi[i] for i in members)
+        lower[m_col + w] = max(a_lo[i] for i in members)
+        upper[m_col + w] = top
+        for i in members:  # m - a_i >= 0
+            ge_r += [n_ge, n_ge]
+            ge_c += [m_col + w, a_col + i]
+            ge_v += [1.0, -1.0]
+            n_ge += 1
+        for i in cands:  # m - a_i + (U - l_i) s_i <= U - l_i
+            big = top - a_lo[i]
+            le_r += [n_le, n_le, n_le]
+            le_c += [m_col + w, a_col + i, s_col]
+            le_v += [1.0, -1.0, big]
+            le_hi.append(big)
+            eq_r.append(w)
+            eq_c.append(s_col)
+            upper[s_col] = 1.0
+            integrality[s_col] = 1
+            s_col += 1
+            n_le += 1
+    rows.append(sparse.csr_matrix((ge_v, (ge_r, ge_c)), shape=(n_ge, total)))
+    row_lo.append(np.zeros(n_ge))
+    row_hi.append(np.full(n_ge, np.inf))
+    rows.append(sparse.csr_matrix((le_v, (le_r, le_c)), shape=(n_le, total)))
+    row_lo.append(np.full(n_le, -np.inf))
+    row_hi.append(np.array(le_hi))
+    rows.append(sparse.csr_matrix((np.ones(len(eq_r)), (eq_r, eq_c)), shape=(width, total)))
+    row_lo.append(np.ones(width))
+    row_hi.append(np.ones(width))
+    return m_col, width

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustcheck.verifiers import encoding
-from robustcheck.verifiers.bounds import LayerBounds, compute_bounds, output_lower
+from robustcheck.threads import default_threads
+from robustcheck.verifiers import bab, crown, encoding
+from robustcheck.verifiers.bounds import LayerBounds
 from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.rounding import spec_error
 from robustcheck.verifiers.vnnlib import Property
@@ -44,6 +45,9 @@ from robustcheck.verifiers.vnnlib import Property
 STATUSES = ("safe", "unsafe", "unknown", "error")
 ENGINES = ("z3", "milp")
 _TIMEOUT = "per-property timeout"
+#: multiply-adds per alpha-CROWN step above which intermediate bounds keep CROWN's slopes (only the output's are
+#: optimised): a 9x200 MLP is far below, the oval21 conv nets far above
+INTERMEDIATE_ALPHA_COST = 200_000_000
 _BOUNDARY = "boundary: violations exist only within float rounding of the decision boundary"
 
 
@@ -68,6 +72,17 @@ class Options:
     #: MILP engine: have Z3 (exact) re-prove every disjunct HiGHS declares infeasible before SAFE. Off, a MILP
     #: SAFE rests on HiGHS's floating-point tolerances (the outcome's message says so).
     confirm_milp: bool = False
+    #: alpha-CROWN iterations on the disjuncts plain CROWN leaves open (0: none)
+    alpha_iterations: int = 20
+    #: branch and bound: domains bounded per batch, alpha/beta steps per batch, and the number of open ReLUs at
+    #: which a sub-domain goes to the exact solver
+    bab_batch: int = 64
+    bab_iterations: int = 8
+    leaf_unstable: int = 0
+    #: random points (half of them box corners) tried before PGD
+    samples: int = 256
+    #: threads for the bound computations (0: the machine's default share)
+    threads: int = 0
 
 
 @dataclass
@@ -111,6 +126,112 @@ class OpenDisjunct:
     tol: np.ndarray
     float_err: np.ndarray
     gap: float
+    index: int = -1
+
+
+class _Expired(Exception):
+    """The property's deadline passed inside a stage that cannot return partial results."""
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise _Expired
+
+
+@dataclass
+class _State:
+    """Per-property bound state shared by the stages: the torch network over the box, the root domain's bounds
+    (CROWN, then alpha-CROWN) and the output slopes per disjunct."""
+
+    prop: Property
+    net: Network
+    tnet: crown.TorchNet
+    root: crown.Domains
+    method: str
+    alphas: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
+    lowers: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, net: Network, prop: Property, method: str, bounds: LayerBounds | None = None,
+              deadline: float | None = None) -> _State:  # fmt: skip
+        tnet = crown.TorchNet.of(net, prop.lo, prop.hi)
+        root = crown.root_domains(tnet)
+        if bounds is not None:
+            root.lower = [torch.as_tensor(b, dtype=torch.float64)[None].clone() for b in bounds.lower]
+            root.upper = [torch.as_tensor(b, dtype=torch.float64)[None].clone() for b in bounds.upper]
+        elif method == "interval":
+            for k in range(tnet.hidden):
+                root.lower[k], root.upper[k] = crown.interval_layer(tnet, root, k)
+        else:
+            try:
+                root = crown.compute_bounds(tnet, root, deadline=deadline)
+            except crown.Expired:
+                raise _Expired from None
+        return cls(prop, net, tnet, root, method)
+
+    def layer_bounds(self) -> LayerBounds:
+        return LayerBounds([t[0].numpy().copy() for t in self.root.lower], [t[0].numpy().copy() for t in self.root.upper])
+
+    def has_relaxation(self) -> bool:
+        return self.tnet.hidden > 0
+
+    def magnitudes(self) -> list[np.ndarray]:
+        """Bounds on ``|input of affines[k]|``: the box, then each hidden layer's output (after pooling)."""
+        out = [np.maximum(np.abs(self.prop.lo), np.abs(self.prop.hi))]
+        for k in range(self.tnet.hidden):
+            low, up = crown.post_bounds(self.tnet, self.root, k)
+            out.append(torch.maximum(low.abs(), up.abs())[0].numpy())
+        return out
+
+    def output_lower(self, index: int, spec: np.ndarray) -> np.ndarray:
+        """Sound lower bounds of ``spec @ y`` over the box (the best of CROWN, the optimised slopes and the
+        interval bounds of the last layer)."""
+        spec_t = torch.as_tensor(spec, dtype=torch.float64)
+        with torch.no_grad():
+            value = crown.backward(self.tnet, self.tnet.hidden, spec_t, self.root).value[0].numpy()
+            if self.method == "interval":
+                value = np.full_like(value, -np.inf)
+            if index in self.alphas:
+                value = np.maximum(value, crown.backward(self.tnet, self.tnet.hidden, spec_t, self.root,
+                                                         self.alphas[index]).value[0].numpy())  # fmt: skip
+            value = np.maximum(value, self._interval_output(spec))
+        if index in self.lowers:
+            value = np.maximum(value, self.lowers[index])
+        return value
+
+    def _interval_output(self, spec: np.ndarray) -> np.ndarray:
+        low, up = crown.post_bounds(self.tnet, self.root, self.tnet.hidden - 1) if self.tnet.hidden else (
+            self.tnet.lo[None], self.tnet.hi[None])  # fmt: skip
+        w, b = self.tnet.weights[-1], self.tnet.biases[-1]
+        comb = torch.as_tensor(spec, dtype=torch.float64) @ w
+        value = comb.clamp(min=0) @ low[0] + comb.clamp(max=0) @ up[0] + torch.as_tensor(spec) @ b
+        scale = comb.abs() @ torch.maximum(low.abs(), up.abs())[0] + torch.as_tensor(spec).abs() @ b.abs()
+        return (value - crown.REL_SLACK * (1 + scale)).numpy()
+
+    def optimize(self, residual: list[OpenDisjunct], iterations: int, deadline: float) -> None:
+        """alpha-CROWN for the open disjuncts together (their rows stacked): tighter root bounds and slopes."""
+        rows = [d for d in residual if len(d.spec)]
+        if not rows:
+            return
+        spec = torch.as_tensor(np.concatenate([d.spec for d in rows]), dtype=torch.float64)
+        # per-row slopes for every intermediate bound cost (rows x the widths below) per step: only where cheap
+        cost = sum(2 * len(crown.refine_rows(self.tnet, self.root, k)) * sum(w.numel() for w in self.tnet.weights[:k])
+                   for k in range(1, self.tnet.hidden))  # fmt: skip
+        try:
+            doms, alphas, values = crown.optimize_intermediate(self.tnet, self.root, spec, iterations, deadline=deadline,
+                                                               intermediate=cost <= INTERMEDIATE_ALPHA_COST)  # fmt: skip
+        except crown.Expired:
+            raise _Expired from None
+        self.root = doms
+        start = 0
+        for d in rows:
+            stop = start + len(d.spec)
+            self.alphas[d.index] = {k: a[:, start:stop] for k, a in alphas.items()}
+            self.lowers[d.index] = values[0, start:stop].numpy()
+            start = stop
+
+    def alphas_for(self, index: int) -> dict[int, torch.Tensor] | None:
+        return self.alphas.get(index)
 
 
 class FloatModel:
@@ -151,13 +272,17 @@ class FloatModel:
     def from_network(cls, net: Network) -> FloatModel:
         """The real-valued network itself in float64 (for hidden-layer regions, where no float32 model exists)."""
         weights = [(torch.from_numpy(a.weight), torch.from_numpy(a.bias)) for a in net.affines]
+        acts = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+        pools = [None if p is None else torch.from_numpy(p) for p in net.pools]
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             h = x
             for k, (w, b) in enumerate(weights):
                 h = h @ w.T + b
                 if k < len(weights) - 1:
-                    h = torch.relu(h)
+                    h = acts[net.acts[k]](h)
+                    if pools[k] is not None:
+                        h = h[:, pools[k]].amax(-1)
             return h
 
         return cls(fn, torch.float64)
@@ -215,6 +340,9 @@ def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.nd
         point = round_into_box(lo[None], lo, hi, _np_dtype(model))
         return point[0] if violates(prop, model(point))[0] else None
     gen = torch.Generator().manual_seed(options.seed)
+    found = _random_points(model, prop, options.samples, gen)
+    if found is not None:
+        return found
     lo_t, hi_t = torch.as_tensor(lo, dtype=model.dtype), torch.as_tensor(hi, dtype=model.dtype)
     width = hi_t - lo_t
     starts = [torch.as_tensor(start if start is not None else (lo + hi) / 2, dtype=model.dtype)]
@@ -250,6 +378,24 @@ def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.nd
     return None
 
 
+def _random_points(model: FloatModel, prop: Property, count: int, gen: torch.Generator) -> np.ndarray | None:
+    """Uniform points and box corners (half each) of the box, checked on the model in chunks."""
+    if count <= 0:
+        return None
+    lo, hi = torch.as_tensor(prop.lo), torch.as_tensor(prop.hi)
+    n = len(lo)
+    for start in range(0, count, 128):
+        size = min(128, count - start)
+        u = torch.rand((size, n), generator=gen, dtype=torch.float64)
+        corners = torch.where(torch.rand((size, n), generator=gen, dtype=torch.float64) < 0.5, lo, hi)
+        pts = torch.where(torch.arange(size)[:, None] % 2 == 0, lo + (hi - lo) * u, corners).numpy()
+        pts = round_into_box(pts, prop.lo, prop.hi, _np_dtype(model))
+        hits = np.flatnonzero(violates(prop, model(pts)))
+        if len(hits):
+            return pts[hits[0]]
+    return None
+
+
 def _np_dtype(model: FloatModel) -> Any:
     return np.float64 if model.dtype == torch.float64 else np.float32
 
@@ -268,6 +414,7 @@ class Engine:
         if self.options.semantics not in ("float32", "real"):
             raise ValueError(f"unknown semantics {self.options.semantics!r}: use 'float32' or 'real'")
         self._z3: encoding.Z3Network | None = None
+        self._state: _State | None = None
 
     def z3_network(self) -> encoding.Z3Network:
         """The network's exact rational weights for Z3, built on first use."""
@@ -288,8 +435,11 @@ class Engine:
             outcome = self._verify(prop, start, grid, deadline, times)
         except MemoryError as exc:
             outcome = Outcome("error", "none", message=f"out of memory: {exc}")
+        except _Expired:
+            outcome = Outcome("unknown", "none", message=_TIMEOUT)
         finally:
             torch.set_num_threads(threads)
+            self._state = None
         outcome.seconds = time.monotonic() - began
         outcome.stage_seconds = times
         return outcome
@@ -303,11 +453,18 @@ class Engine:
             times["attack"] = time.monotonic() - t0
             if cex is not None:
                 return self._unsafe(prop, cex, "attack")
+        torch.set_num_threads(opts.threads or default_threads())
         t0 = time.monotonic()
-        bounds = compute_bounds(self.net, prop.lo, prop.hi, opts.bounds)
+        self._state = _State.build(self.net, prop, opts.bounds, deadline=deadline)
+        _check_deadline(deadline)
+        bounds = self._state.layer_bounds()
         residual = self.open_disjuncts(prop, bounds)
-        times["bounds"] = time.monotonic() - t0
         unstable = bounds.num_unstable()
+        if residual and opts.alpha_iterations > 0 and opts.bounds == "crown" and self._state.has_relaxation():
+            self._state.optimize(residual, opts.alpha_iterations, deadline)
+            bounds = self._state.layer_bounds()
+            residual = self.open_disjuncts(prop, bounds)
+        times["bounds"] = time.monotonic() - t0
         if not residual:
             return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct")
         t0 = time.monotonic()
@@ -319,12 +476,15 @@ class Engine:
     def open_disjuncts(self, prop: Property, bounds: LayerBounds) -> list[OpenDisjunct]:
         """The disjuncts of ``prop`` that ``bounds`` (over its box) do not exclude with the proof margin, the
         most nearly violated first."""
-        magnitudes = bounds.magnitudes(prop.lo, prop.hi)
+        state = self._state if self._state is not None and self._state.prop is prop else None
+        if state is None:
+            state = _State.build(self.net, prop, self.options.bounds, bounds)
+        magnitudes = state.magnitudes()
         # the real-valued network itself (hidden regions) or VNN-COMP semantics: no float32 margin in proofs,
         # only one for the float64 rounding of merged / probed weights (unit 0)
         real = self.model.dtype == torch.float64 or self.options.semantics == "real"
         residual = []
-        for spec, rhs in prop.disjuncts:
+        for index, (spec, rhs) in enumerate(prop.disjuncts):
             if not len(spec):  # no output condition: violated by any input
                 residual.append(OpenDisjunct(spec, rhs, np.zeros(0), np.zeros(0), -math.inf))
                 continue
@@ -332,15 +492,24 @@ class Engine:
             tol = (
                 spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes, 0.0) if real else float_err
             )
-            lower = output_lower(self.net, spec, bounds, prop.lo, prop.hi, self.options.bounds)
+            lower = state.output_lower(index, spec)
             if not np.any(lower > rhs + tol):
-                residual.append(OpenDisjunct(spec, rhs, tol, float_err, float(np.max(lower - rhs))))
+                residual.append(OpenDisjunct(spec, rhs, tol, float_err, float(np.max(lower - rhs)), index))
         return sorted(residual, key=lambda d: d.gap)
 
     def _query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float, *,
-               proof: bool = False) -> encoding.QueryResult:  # fmt: skip
+               proof: bool = False, index: int = -1) -> encoding.QueryResult:  # fmt: skip
         """One solver query "some input in the box with ``spec @ y <= rhs``" within ``seconds``; with ``proof``
         and ``confirm_milp``, a MILP "unsat" is re-checked by Z3 in the time left."""
+        if self.options.branching:
+            return self._bab_query(prop, bounds, spec, rhs, seconds, index)
+        return self._leaf_query(prop, bounds, spec, rhs, seconds, None, proof)
+
+    def _leaf_query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float,
+                    splits: dict[tuple[int, int], int] | None, proof: bool) -> encoding.QueryResult:  # fmt: skip
+        """The exact solver on the box (or a sub-domain of it given by ``splits``)."""
+        if any(a != "relu" for a in self.net.acts):
+            return encoding.QueryResult("unknown", engine=self.options.engine, message="smooth activations")
         if self.options.engine == "milp":
             began = time.monotonic()
             result = encoding.milp_query(self.net, prop.lo, prop.hi, bounds, spec, rhs, seconds)
@@ -349,17 +518,31 @@ class Engine:
             seconds -= time.monotonic() - began
             if seconds <= 0:
                 return encoding.QueryResult("unknown", engine="milp")
-            return self._z3_query(prop, bounds, spec, rhs, seconds)
-        return self._z3_query(prop, bounds, spec, rhs, seconds)
+        return encoding.z3_query(self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds, splits=splits)
 
-    def _z3_query(
-        self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float
-    ) -> encoding.QueryResult:
-        if self.options.branching:
-            return encoding.z3_branch_and_bound(
-                self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds
-            )
-        return encoding.z3_query(self.z3_network(), prop.lo, prop.hi, bounds, spec, rhs, seconds)
+    def _bab_query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float,
+                   index: int) -> encoding.QueryResult:  # fmt: skip
+        """alpha-beta-CROWN branch and bound with the exact solver on the leaves."""
+        began = time.monotonic()
+        state = self._state if self._state is not None and self._state.prop is prop else None
+        if state is None:
+            state = _State.build(self.net, prop, self.options.bounds, bounds)
+        opts = self.options
+
+        def leaf(lower: list[np.ndarray], upper: list[np.ndarray], signs: list[np.ndarray],
+                 left: float) -> tuple[str, np.ndarray | None]:  # fmt: skip
+            splits = {(k, int(j)): int(sg[j]) for k, sg in enumerate(signs) for j in np.flatnonzero(sg)}
+            result = self._leaf_query(prop, LayerBounds(lower, upper), spec, rhs, left, splits, True)
+            return result.status, result.x
+
+        def point_check(x: np.ndarray) -> np.ndarray:
+            return np.max(self.net.forward(x) @ spec.T - rhs, axis=1)
+
+        options = bab.BabOptions(batch=opts.bab_batch, iterations=opts.bab_iterations, leaf_unstable=opts.leaf_unstable)
+        result = bab.branch_and_bound(state.tnet, state.root, spec, rhs, began + seconds, options,
+                                      state.alphas_for(index), leaf, point_check)  # fmt: skip
+        return encoding.QueryResult(result.status, result.x, time.monotonic() - began, opts.engine,
+                                    result.nodes, result.leaves, message=result.message)  # fmt: skip
 
     def _solve(self, prop: Property, bounds: LayerBounds, disjuncts: list[OpenDisjunct], deadline: float,
                unstable: int) -> Outcome:  # fmt: skip
@@ -407,11 +590,12 @@ class Engine:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None, _TIMEOUT, made - 1
-            result = self._query(prop, bounds, spec, bound, left, proof=if_unsat is None)
+            result = self._query(prop, bounds, spec, bound, left, proof=if_unsat is None, index=disjunct.index)
             if result.status == "unsat":
                 return None, if_unsat, made
             if result.status == "unknown":
-                return None, f"{stage} gave up (timeout)", made
+                timed_out = time.monotonic() >= deadline or "timeout" in result.message or not result.message
+                return None, (_TIMEOUT if timed_out else f"{stage} gave up: {result.message}"), made
             outcome = self._revalidate(prop, result.x, stage, unstable)
             if outcome is not None:
                 return outcome, None, made

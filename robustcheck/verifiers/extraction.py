@@ -7,8 +7,10 @@ MatMul / Gemm are copied exactly (float32 -> float64 is exact); merged or probed
 which the error analysis (:mod:`robustcheck.verifiers.rounding`) accounts for. Each piece also records the
 magnitudes and the number of float32 roundings of the ops it replaces.
 
-Anything else (Sigmoid, MaxPool, residual branches, custom ``forward`` methods, ...) is refused with an
-:class:`~robustcheck.errors.InputError` naming the layer.
+ONNX graphs may also hold Sigmoid / Tanh (relaxed by the bounds, never encoded exactly) and MaxPool (a window
+matrix found by probing the op; encoded exactly by Z3 / MILP, relaxed by the bounds). Anything else (residual
+branches, custom ``forward`` methods, ...) is refused with an :class:`~robustcheck.errors.InputError` naming
+the layer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ from robustcheck.errors import InputError
 from robustcheck.models.classifier import ImageClassifier, Normalize
 from robustcheck.models.onnx.graph import OnnxGraphModule, load_onnx, onnx_input_shape, run_step
 from robustcheck.models.onnx.ops import RunInfo
-from robustcheck.verifiers.network import Affine, Layer, Network, ReLU, canonicalize, interleave
+from robustcheck.verifiers.network import (
+    Activation,
+    Affine,
+    Layer,
+    MaxPool,
+    Network,
+    ReLU,
+    canonicalize,
+    interleave,
+)
 
 #: Refuse dense matrices above this many entries (a conv layer on a large image): the encoding would not fit.
 MAX_DENSE_ENTRIES = 30_000_000
@@ -218,8 +229,12 @@ def _normalize_affine(norm: Normalize, shape: tuple[int, ...]) -> Affine:
 #: ONNX ops that are affine in their one dynamic input (the others being constants).
 _ONNX_AFFINE = {
     "MatMul", "Gemm", "Conv", "Add", "Sub", "Mul", "Div", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-    "Identity", "Dropout", "BatchNormalization", "AveragePool", "GlobalAveragePool", "Cast",
+    "Identity", "Dropout", "BatchNormalization", "AveragePool", "GlobalAveragePool", "Cast", "Pad",
 }  # fmt: skip
+#: smooth activations (relaxed by the bounds).
+_ONNX_SMOOTH = {"Sigmoid": "sigmoid", "Tanh": "tanh"}
+#: pooling ops turned into window matrices.
+_ONNX_MAXPOOL = {"MaxPool", "GlobalMaxPool"}
 #: float32 roundings an op adds per output beyond its dot product (bias add; element-wise ops and pooling: a few).
 _ONNX_EXTRA_ROUNDINGS = {"MatMul": 1, "Gemm": 1, "Conv": 1} | dict.fromkeys(
     ("Add", "Sub", "Mul", "Div", "BatchNormalization", "AveragePool", "GlobalAveragePool"), 4
@@ -273,11 +288,18 @@ def from_onnx_module(module: nn.Module, full_shape: tuple[int, ...], *, name: st
             )
         if step.op_type == "Relu":
             layers.append(ReLU(label))
+        elif step.op_type in _ONNX_SMOOTH:
+            layers.append(Activation(_ONNX_SMOOTH[step.op_type], label))
+        elif step.op_type in _ONNX_MAXPOOL:
+            layers.append(_onnx_maxpool(step, args, dyn[0], run, label))
+        elif step.op_type == "Pad" and _is_identity(args[dyn[0]], outputs[0]):
+            pass  # zero padding: the flat vector is unchanged
         elif step.op_type in _ONNX_AFFINE:
             layers.append(_onnx_affine(step, args, dyn[0], run, label))
         else:
             raise InputError(
-                f"{name}: cannot verify {label}: only ReLU and affine ops ({', '.join(sorted(_ONNX_AFFINE))}) are supported"
+                f"{name}: cannot verify {label}: only ReLU, Sigmoid, Tanh, MaxPool and affine ops "
+                f"({', '.join(sorted(_ONNX_AFFINE))}) are supported"
             )
         dynamic.add(step.outputs[0])
     output = module.output_names[0]
@@ -309,16 +331,72 @@ def _onnx_affine(step: Any, args: list[torch.Tensor | None], dyn: int, run: Any,
     assert x is not None
     in_shape = tuple(x.shape)
 
-    def apply(batch: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for sample in batch:  # graph shapes are fixed (often batch 1): feed one basis vector at a time
-            call = list(args)
-            call[dyn] = sample.reshape(in_shape)
-            result = step.fn(call, run)
-            outs.append(result[0] if isinstance(result, tuple) else result)
-        return torch.stack([o.reshape(-1) for o in outs])
-
+    apply = _batched_step(step, args, dyn, run)
     n = math.prod(in_shape)
     weight, bias = _probe_affine(lambda t: apply(t.reshape(t.shape[0], n)), (n,), label)
     extra = _ONNX_EXTRA_ROUNDINGS.get(step.op_type, 0)
     return Affine.exact(weight, bias, label, extra_roundings=extra)
+
+
+def _is_identity(before: torch.Tensor | None, after: torch.Tensor) -> bool:
+    return before is not None and tuple(before.shape) == tuple(after.shape)
+
+
+def _batched_step(step: Any, args: list[torch.Tensor | None], dyn: int, run: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``(B, n) -> (B, m)``: the step applied to each row (reshaped to the dynamic input's shape).
+
+    With a leading batch dim of 1 the rows run as one batch when that gives the same result as one at a time
+    (checked on two random rows); otherwise (shapes baked into the graph) one basis vector at a time.
+    """
+    x = args[dyn]
+    assert x is not None
+    in_shape = tuple(x.shape)
+
+    def one_by_one(batch: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for sample in batch:
+            call = list(args)
+            call[dyn] = sample.reshape(in_shape)
+            result = step.fn(call, run)
+            outs.append((result[0] if isinstance(result, tuple) else result).reshape(-1))
+        return torch.stack(outs)
+
+    def batched(batch: torch.Tensor) -> torch.Tensor:
+        call = list(args)
+        call[dyn] = batch.reshape(len(batch), *in_shape[1:])
+        result = step.fn(call, type(run)(run.file_batch, len(batch)))
+        return (result[0] if isinstance(result, tuple) else result).reshape(len(batch), -1)
+
+    if len(in_shape) < 2 or in_shape[0] != 1:
+        return one_by_one
+    probe = torch.rand((2, math.prod(in_shape)), generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    try:
+        same = torch.equal(batched(probe), one_by_one(probe))
+    except Exception:  # an op that refuses another batch size: the slow path is always right
+        same = False
+    return batched if same else one_by_one
+
+
+def _onnx_maxpool(step: Any, args: list[torch.Tensor | None], dyn: int, run: Any, label: str) -> MaxPool:
+    """The window matrix of a max pooling op: output ``w`` takes the max over the inputs whose one-hot probe
+    reaches it (others 0; padding never wins)."""
+    x = args[dyn]
+    assert x is not None
+    n = x.numel()
+    apply = _batched_step(step, args, dyn, run)
+    members: list[list[int]] = []
+    for start in range(0, n, 256):
+        stop = min(n, start + 256)
+        basis = torch.zeros((stop - start, n), dtype=torch.float64)
+        basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        out = apply(basis)
+        if not members:
+            members = [[] for _ in range(out.shape[1])]
+        rows, cols = torch.nonzero(out > 0.5, as_tuple=True)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            members[c].append(start + r)
+    if any(not m for m in members):
+        raise InputError(f"cannot verify {label}: a pooling window covers no input")
+    width = max(len(m) for m in members)
+    windows = np.array([m + [m[0]] * (width - len(m)) for m in members], dtype=np.int64)
+    return MaxPool(windows, label)

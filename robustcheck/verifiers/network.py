@@ -67,7 +67,28 @@ class ReLU:
     name: str = "relu"
 
 
-Layer = Affine | ReLU
+#: smooth activations the bounds relax (never encoded exactly: properties that need them exactly stay UNKNOWN).
+SMOOTH = ("sigmoid", "tanh")
+
+
+@dataclass
+class Activation:
+    """A smooth elementwise activation: ``kind`` is ``"sigmoid"`` or ``"tanh"``."""
+
+    kind: str
+    name: str = "activation"
+
+
+@dataclass
+class MaxPool:
+    """``h_w = max_i a[windows[w, i]]``: one row of flat indices per output (rows padded by repeating an index,
+    which leaves a max unchanged)."""
+
+    windows: np.ndarray
+    name: str = "maxpool"
+
+
+Layer = Affine | ReLU | Activation | MaxPool
 
 
 @dataclass
@@ -85,6 +106,35 @@ class Network:
     input_shape: tuple[int, ...]
     name: str = "network"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: per hidden layer: ``"relu"`` (default), ``"sigmoid"`` or ``"tanh"``
+    acts: list[str] = field(default_factory=list)
+    #: per hidden layer: a max-pooling window matrix applied after the activation, or ``None``
+    pools: list[np.ndarray | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        hidden = len(self.affines) - 1
+        if not self.acts:
+            self.acts = ["relu"] * hidden
+        if not self.pools:
+            self.pools = [None] * hidden
+
+    @property
+    def is_relu_chain(self) -> bool:
+        """Only ReLU activations and no pooling: the form the interval / CROWN / Z3 / MILP code of the
+        original engine handles."""
+        return all(a == "relu" for a in self.acts) and all(p is None for p in self.pools)
+
+    def activate(self, k: int, z: np.ndarray) -> np.ndarray:
+        """Hidden layer ``k``'s activation and pooling of pre-activations ``z`` ``(B, n_k)`` (float64)."""
+        kind = self.acts[k]
+        if kind == "relu":
+            a = np.maximum(z, 0.0)
+        elif kind == "sigmoid":
+            a = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+        else:
+            a = np.tanh(z)
+        pool = self.pools[k]
+        return a if pool is None else a[:, pool].max(axis=2)
 
     @property
     def num_inputs(self) -> int:
@@ -111,21 +161,21 @@ class Network:
         for k, affine in enumerate(self.affines[layer:], start=layer):
             h = h @ affine.weight.T + affine.bias
             if k < len(self.affines) - 1:
-                h = np.maximum(h, 0.0)
+                h = self.activate(k, h)
         return h
 
     def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
         """Pre-activations ``z_k`` ``(B, n_k)`` of every hidden layer for flat inputs ``x`` ``(B, n)`` (float64)."""
         h, out = np.atleast_2d(np.asarray(x, np.float64)), []
-        for affine in self.affines[:-1]:
+        for k, affine in enumerate(self.affines[:-1]):
             z = h @ affine.weight.T + affine.bias
             out.append(z)
-            h = np.maximum(z, 0.0)
+            h = self.activate(k, z)
         return out
 
     def activations(self, x: np.ndarray) -> list[np.ndarray]:
-        """Post-ReLU activations ``(B, n_k)`` of every hidden layer for flat inputs ``x`` ``(B, n)``."""
-        return [np.maximum(z, 0.0) for z in self.pre_activations(x)]
+        """Post-activation (post-pooling) values ``(B, n_k)`` of every hidden layer for flat inputs ``x`` ``(B, n)``."""
+        return [self.activate(k, z) for k, z in enumerate(self.pre_activations(x))]
 
     def suffix(self, layer: int) -> Network:
         """The network from the post-ReLU activations of hidden layer ``layer - 1`` (``layer`` >= 1) to the logits."""
@@ -133,36 +183,59 @@ class Network:
             raise InputError(
                 f"network {self.name!r} has hidden layers 1..{len(self.affines) - 1}, not {layer}"
             )
-        return Network(self.affines[layer:], (self.affines[layer].shape[1],), f"{self.name}[{layer}:]")
+        return Network(self.affines[layer:], (self.affines[layer].shape[1],), f"{self.name}[{layer}:]",
+                       acts=self.acts[layer:], pools=self.pools[layer:])  # fmt: skip
 
     def prefix(self, layer: int) -> Network:
         """The network from the input to the pre-activations of hidden layer ``layer - 1`` (no final ReLU)."""
-        return Network(self.affines[:layer], self.input_shape, f"{self.name}[:{layer}]")
+        return Network(self.affines[:layer], self.input_shape, f"{self.name}[:{layer}]",
+                       acts=self.acts[: layer - 1], pools=self.pools[: layer - 1])  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Canonical form
 # ---------------------------------------------------------------------------------------------------------------
 def canonicalize(layers: list[Layer], input_shape: tuple[int, ...], num_inputs: int, name: str) -> Network:
-    """Merge consecutive affine layers and repeated ReLUs into the alternating canonical form."""
+    """Merge consecutive affine layers and repeated ReLUs into the alternating canonical form.
+
+    Max pooling attaches to the activation before it; a pooling right after an affine piece and followed by a
+    monotone activation is swapped with it (``act(max(z)) = max(act(z))``).
+    """
+    layers = _pool_after_activation(list(layers), name)
     affines: list[Affine] = []
+    acts: list[str] = []
+    pools: list[np.ndarray | None] = []
     pending: Affine | None = None
     for layer in layers:
-        if isinstance(layer, ReLU):
-            if pending is None and not affines:  # a ReLU on the raw input: an identity affine first
+        if isinstance(layer, (ReLU, Activation)):
+            kind = "relu" if isinstance(layer, ReLU) else layer.kind
+            if pending is None and not affines:  # an activation on the raw input: an identity affine first
                 pending = _identity(num_inputs, "input")
             if pending is not None:
                 affines.append(pending)
+                acts.append(kind)
+                pools.append(None)
                 pending = None
-            # a ReLU right after a ReLU is idempotent: nothing to add
+            elif kind != "relu" or acts[-1] != "relu" or pools[-1] is not None:
+                # only a ReLU right after a ReLU is idempotent; anything else needs an identity layer between
+                size = len(pools[-1]) if pools[-1] is not None else affines[-1].shape[0]
+                affines.append(_identity(size, "identity"))
+                acts.append(kind)
+                pools.append(None)
+        elif isinstance(layer, MaxPool):
+            # after _pool_after_activation a pooling follows an activation (nothing pending)
+            windows = np.asarray(layer.windows, np.int64)
+            previous = pools[-1]
+            pools[-1] = windows if previous is None else _compose_windows(previous, windows)
         else:
             pending = layer if pending is None else pending.then(layer)
-    if pending is None:  # ends with a ReLU: the logits are the last activations
-        size = affines[-1].shape[0] if affines else num_inputs
+    if pending is None:  # ends with an activation: the logits are the last activations
+        size = len(pools[-1]) if pools and pools[-1] is not None else (affines[-1].shape[0] if affines else num_inputs)
         pending = _identity(size, "output")
     affines.append(pending)
     for k in range(1, len(affines)):
-        if affines[k].shape[1] != affines[k - 1].shape[0]:
+        size = len(pools[k - 1]) if pools[k - 1] is not None else affines[k - 1].shape[0]
+        if affines[k].shape[1] != size:
             raise InputError(
                 f"{name}: layer sizes do not chain ({affines[k - 1].shape} then {affines[k].shape})"
             )
@@ -170,7 +243,29 @@ def canonicalize(layers: list[Layer], input_shape: tuple[int, ...], num_inputs: 
         raise InputError(
             f"{name}: the first layer takes {affines[0].shape[1]} values, the input has {num_inputs}"
         )
-    return Network(affines, tuple(input_shape), name)
+    return Network(affines, tuple(input_shape), name, acts=acts, pools=pools)
+
+
+def _pool_after_activation(layers: list[Layer], name: str) -> list[Layer]:
+    """Move each max pooling that directly follows an affine piece behind the activation after it."""
+    out = list(layers)
+    for i, layer in enumerate(out):
+        if not isinstance(layer, MaxPool):
+            continue
+        before = out[i - 1] if i else None
+        if before is None or isinstance(before, Affine):
+            after = out[i + 1] if i + 1 < len(out) else None
+            if not isinstance(after, (ReLU, Activation)):
+                raise InputError(
+                    f"{name}: cannot verify {layer.name}: max pooling must follow (or precede) an activation"
+                )
+            out[i], out[i + 1] = after, layer
+    return out
+
+
+def _compose_windows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Max pooling ``second`` over the outputs of pooling ``first``: one pooling over the unions."""
+    return first[second].reshape(len(second), -1)
 
 
 def interleave(affines: list[Affine]) -> list[Layer]:

@@ -36,19 +36,33 @@ def float32_error(net: Network, magnitudes: list[np.ndarray]) -> np.ndarray:
     return local_errors(net, magnitudes)[1][-1]
 
 
+#: absolute error of a float32 sigmoid / tanh evaluation (values within [-1, 1]; libm-quality is ~2 ulp).
+SMOOTH_ULPS = 8
+
+
+def _lipschitz(kind: str) -> float:
+    return {"relu": 1.0, "sigmoid": 0.25, "tanh": 1.0}[kind]
+
+
 def local_errors(
     net: Network, magnitudes: list[np.ndarray], unit: float = U32
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per affine piece: the rounding error it adds itself (``gamma_n (|W| |input| + |b|)``, with the float
-    input's magnitude), and the crude accumulated deviation of its output (errors through ``abs_weight``).
-    ``unit`` is the evaluation's unit roundoff (:func:`gamma`)."""
+    input's magnitude), and the crude accumulated deviation of its output (errors through ``abs_weight``,
+    activations by their Lipschitz constants plus a smooth activation's own rounding, max pooling by the
+    window's largest deviation). ``unit`` is the evaluation's unit roundoff (:func:`gamma`)."""
     dev = np.zeros(net.num_inputs)
     local, accumulated = [], []
-    for affine, mag in zip(net.affines, magnitudes, strict=True):
+    for k, (affine, mag) in enumerate(zip(net.affines, magnitudes, strict=True)):
         own = gamma(affine.fan_in, unit) * (affine.abs_weight @ (mag + dev) + affine.abs_bias)
-        dev = affine.abs_weight @ dev + own
+        out = affine.abs_weight @ dev + own
         local.append(own)
-        accumulated.append(dev)
+        accumulated.append(out)
+        if k < len(net.affines) - 1:
+            kind = net.acts[k]
+            dev = _lipschitz(kind) * out + (0.0 if kind == "relu" else SMOOTH_ULPS * unit)
+            if net.pools[k] is not None:
+                dev = dev[net.pools[k]].max(axis=1)  # max is exact: it moves by the largest input deviation
     return local, accumulated
 
 
@@ -62,19 +76,35 @@ def spec_error(net: Network, spec: np.ndarray, lower: list[np.ndarray], upper: l
 
     The deviation obeys ``dz_{k+1} = W D_k dz_k + e_{k+1}`` with each layer's own rounding ``|e_k| <= local_k``
     and ``D_k`` diagonal: 1 where both networks' ReLU is surely active, 0 where surely inactive, somewhere in
-    ``[0, 1]`` otherwise (``relu(z + d) - relu(z) = t d`` with ``t`` in ``[0, 1]``). Backwards from ``spec``, the
-    coefficient of each ``e_k`` is kept as an interval, so cancellations inside the weights count.
+    ``[0, 1]`` otherwise (``relu(z + d) - relu(z) = t d`` with ``t`` in ``[0, 1]``; a sigmoid's ``t`` lies in
+    ``[0, 1/4]``, a tanh's in ``[0, 1]``; a max pool passes a convex combination of its window's deviations).
+    Backwards from ``spec``, the coefficient of each ``e_k`` is kept as an interval, so cancellations inside the
+    weights count. ``magnitudes[k]`` bounds ``|input of affines[k]|`` (after activation and pooling).
     """
     local, accumulated = local_errors(net, magnitudes, unit)
     center = spec @ net.affines[-1].weight
     radius = np.zeros_like(center)
     total = np.abs(spec) @ local[-1]
     for k in range(len(net.affines) - 2, -1, -1):
+        c_lo, c_hi = center - radius, center + radius
+        pool = net.pools[k]
+        if pool is not None:  # a convex combination of the window's deviations: each weight in [0, 1]
+            size = len(lower[k])
+            lo_part, hi_part = np.zeros((len(spec), size)), np.zeros((len(spec), size))
+            np.add.at(lo_part.T, pool, np.minimum(c_lo, 0.0).T[:, None, :].repeat(pool.shape[1], 1))
+            np.add.at(hi_part.T, pool, np.maximum(c_hi, 0.0).T[:, None, :].repeat(pool.shape[1], 1))
+            c_lo, c_hi = lo_part, hi_part
         dev = accumulated[k]
-        active, inactive = lower[k] - dev > 0, upper[k] + dev < 0
-        unstable = ~active & ~inactive
-        c_lo = np.where(inactive, 0.0, np.where(unstable, np.minimum(center - radius, 0.0), center - radius))
-        c_hi = np.where(inactive, 0.0, np.where(unstable, np.maximum(center + radius, 0.0), center + radius))
+        kind = net.acts[k]
+        if kind == "relu":
+            active, inactive = lower[k] - dev > 0, upper[k] + dev < 0
+            unstable = ~active & ~inactive
+            c_lo, c_hi = (np.where(inactive, 0.0, np.where(unstable, np.minimum(c_lo, 0.0), c_lo)),
+                          np.where(inactive, 0.0, np.where(unstable, np.maximum(c_hi, 0.0), c_hi)))  # fmt: skip
+        else:
+            total = total + np.maximum(np.abs(c_lo), np.abs(c_hi)).sum(axis=1) * SMOOTH_ULPS * unit
+            slope = _lipschitz(kind)
+            c_lo, c_hi = np.minimum(slope * c_lo, 0.0), np.maximum(slope * c_hi, 0.0)
         total = total + np.maximum(np.abs(c_lo), np.abs(c_hi)) @ local[k]
         center, radius = (c_lo + c_hi) / 2, (c_hi - c_lo) / 2
         weight = net.affines[k].weight

@@ -467,3 +467,19 @@ def test_vnncomp_networks_match_onnxruntime(name: str) -> None:
             got = module(torch.from_numpy(x)).numpy()
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mode", "pads", "opset"),
+    [("constant", [0, 0, 1, 2, 0, 0, 2, 1], 13), ("reflect", [0, 0, 1, 1, 0, 0, 2, 1], 13),
+     ("edge", [0, 0, 2, 0, 0, 0, 1, 3], 13), ("constant", [0, 0, 0, 0, 0, 0, 0, 0], 13),
+     ("constant", [0, 0, 1, 1, 0, 0, 1, 1], 9)],
+)  # fmt: skip
+def test_pad(tmp_path: Path, mode: str, pads: list[int], opset: int) -> None:
+    if opset < 11:  # pads and value as attributes (the verivital nets' form)
+        node = helper.make_node("Pad", ["x"], ["y"], mode=mode, pads=pads, value=0.5)
+        inits: dict[str, np.ndarray] = {}
+    else:
+        node = helper.make_node("Pad", ["x", "pads", "value"], ["y"], mode=mode)
+        inits = {"pads": np.array(pads, dtype=np.int64), "value": np.array(0.25, dtype=np.float32)}
+    _check(_model([node], [("x", (2, 3, 5, 4))], ["y"], inits, opset=opset), tmp_path, _rand(2, 3, 5, 4, seed=1))

@@ -9,7 +9,7 @@ conversion time instead (:func:`constant_value`). Also here: the small types the
 
 Supported ops (:data:`SUPPORTED_OPS`, default ``ai.onnx`` domain): Add, AveragePool, BatchNormalization
 (inference), Cast, Clip, Concat, Constant, Conv, Div, Dropout (inference), Flatten, Gather, Gemm,
-GlobalAveragePool, GlobalMaxPool, Identity, LeakyRelu, MatMul, MaxPool, Mul, Relu, Reshape, Shape, Sigmoid,
+GlobalAveragePool, GlobalMaxPool, Identity, LeakyRelu, MatMul, MaxPool, Mul, Pad, Relu, Reshape, Shape, Sigmoid,
 Softmax, Squeeze, Sub, Tanh, Transpose, Unsqueeze.
 """
 
@@ -278,6 +278,29 @@ def _clip(args: Args, run: RunInfo, *, low: float | None, high: float | None) ->
     return x
 
 
+def _pad(args: Args, run: RunInfo, *, mode: str, pads: tuple[int, ...] | None, value: float) -> torch.Tensor:
+    """ONNX Pad: ``pads`` (x1_begin, x2_begin, .., x1_end, x2_end, ..) from the attribute (opset < 11) or the
+    second input; the constant from ``value`` or the third input; modes constant / reflect / edge. Negative
+    pads crop."""
+    x = _require(args[0], "data")
+    if pads is None:
+        pads = tuple(int(p) for p in _require(args[1] if len(args) > 1 else None, "pads").tolist())
+    if len(args) > 2 and args[2] is not None and args[2].numel():
+        value = float(args[2].reshape(-1)[0])
+    rank = x.dim()
+    if len(pads) != 2 * rank:
+        raise ValueError(f"pads has {len(pads)} entries, the input has rank {rank}")
+    if not any(pads):
+        return x
+    if mode == "constant":
+        return F.pad(x, _torch_pad(list(pads[:rank]), list(pads[rank:])), value=value)
+    # reflect / replicate in torch pad only the trailing dims after (N, C): the leading pads must be zero
+    if any(pads[:2]) or any(pads[rank : rank + 2]) or rank < 3:
+        raise ValueError(f"{mode} padding of the batch or channel dim is not supported")
+    torch_mode = "reflect" if mode == "reflect" else "replicate"
+    return F.pad(x, _torch_pad(list(pads[2:rank]), list(pads[rank + 2 :])), mode=torch_mode)
+
+
 def _dropout(args: Args, run: RunInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference dropout: the input unchanged, and an all-true mask for an optional second output."""
     x = _require(args[0], "X")
@@ -481,6 +504,16 @@ def _build_clip(node: Node) -> OpFn:
     )
 
 
+def _build_pad(node: Node) -> OpFn:
+    mode = node.attrs.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge"):
+        raise NodeError(f"node {node.name!r} (Pad): mode {mode!r} is not supported")
+    pads = _ints(node.attrs.get("pads")) if node.opset < 11 else None
+    if node.opset < 11 and pads is None:
+        raise NodeError(f"node {node.name!r} (Pad): needs the pads attribute")
+    return functools.partial(_pad, mode=mode, pads=pads, value=float(node.attrs.get("value", 0.0)))
+
+
 def _build_reshape(node: Node) -> OpFn:
     return functools.partial(_reshape, allowzero=bool(node.attrs.get("allowzero", 0)))
 
@@ -528,6 +561,7 @@ _BUILDERS: dict[str, Callable[[Node], OpFn]] = {
     "Identity": _build_unary(_identity),
     "LeakyRelu": lambda node: functools.partial(_leaky_relu, alpha=float(node.attrs.get("alpha", 0.01))),
     "Clip": _build_clip,
+    "Pad": _build_pad,
     "Dropout": lambda node: functools.partial(_dropout),
     "Flatten": lambda node: functools.partial(_flatten, axis=int(node.attrs.get("axis", 1))),
     "Reshape": _build_reshape,

@@ -1,0 +1,165 @@
+"""alpha/beta-CROWN bounds, batched branch and bound, max pooling / sigmoid layers and the VNN-COMP runner."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import SHARED_DATA
+
+from robustcheck.data.builtin import digits
+from robustcheck.verifiers import bab, crown, encoding, vnncomp
+from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
+from robustcheck.verifiers.engine import Engine, FloatModel, Options
+from robustcheck.verifiers.extraction import from_classifier
+from robustcheck.verifiers.network import Activation, Affine, MaxPool, Network, ReLU, canonicalize
+from robustcheck.verifiers.vnnlib import robustness_property
+from robustcheck.zoo import digits_mlp
+
+VNNCOMP = SHARED_DATA / "vnncomp2021"
+
+
+def random_net(seed: int, acts: tuple[str, ...] = ("relu", "relu"), pool: bool = False) -> Network:
+    """A small random network; with ``pool`` the first hidden layer (8 units) is max-pooled in windows of 2."""
+    rng = np.random.default_rng(seed)
+    sizes = [4, 8, 6, 3]
+    layers: list = []
+    for k in range(3):
+        layers.append(Affine.exact(rng.normal(size=(sizes[k + 1], sizes[k])), rng.normal(size=sizes[k + 1]) * 0.3, f"fc{k}"))
+        if k < 2:
+            kind = acts[k]
+            layers.append(ReLU() if kind == "relu" else Activation(kind))
+            if pool and k == 0:
+                layers.append(MaxPool(np.arange(8).reshape(4, 2)))
+                sizes[1] = 4
+    if pool:  # the next layer now takes the 4 pooled values
+        layers[3] = Affine.exact(rng.normal(size=(6, 4)), rng.normal(size=6) * 0.3, "fc1")
+    return canonicalize(layers, (4,), 4, f"random{seed}")
+
+
+def samples(lo: np.ndarray, hi: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    corners = np.where(rng.random((count, len(lo))) < 0.5, lo, hi)
+    return np.concatenate([lo + (hi - lo) * rng.random((count, len(lo))), corners])
+
+
+@pytest.mark.parametrize(("acts", "pool"), [(("relu", "relu"), False), (("relu", "relu"), True),
+                                             (("sigmoid", "tanh"), False), (("relu", "sigmoid"), True)])  # fmt: skip
+def test_torch_crown_and_alpha_bounds_contain_every_sampled_point(acts: tuple[str, ...], pool: bool) -> None:
+    for seed in range(4):
+        net = random_net(seed, acts, pool)
+        lo, hi = np.full(4, -1.0), np.full(4, 1.0)
+        tnet = crown.TorchNet.of(net, lo, hi)
+        doms = crown.compute_bounds(tnet, crown.root_domains(tnet))
+        spec = torch.as_tensor(np.eye(3) - np.roll(np.eye(3), 1, axis=1))
+        plain = crown.backward(tnet, tnet.hidden, spec, doms).value[0].numpy()
+        tight, _, best = crown.optimize_intermediate(tnet, doms, spec, 15)
+        x = samples(lo, hi, 3000, seed)
+        for z, low, up in zip(net.pre_activations(x), tight.lower, tight.upper, strict=True):
+            assert np.all(z >= low[0].numpy()) and np.all(z <= up[0].numpy())
+        y = net.forward(x) @ spec.numpy().T
+        assert np.all(y >= best[0].numpy()) and np.all(best[0].numpy() >= plain - 1e-9)
+
+
+def test_maxpool_network_is_exact_in_z3_and_milp_and_matches_enumeration() -> None:
+    net = random_net(3, pool=True)
+    lo, hi = np.full(4, -0.5), np.full(4, 0.5)
+    tnet = crown.TorchNet.of(net, lo, hi)
+    doms = crown.compute_bounds(tnet, crown.root_domains(tnet))
+    bounds = LayerBounds([t[0].numpy() for t in doms.lower], [t[0].numpy() for t in doms.upper])
+    spec = np.array([[1.0, -1.0, 0.0]])
+    grid = np.array(list(itertools.product(*[np.linspace(-0.5, 0.5, 9)] * 4)))
+    best = float((net.forward(grid) @ spec.T).min())  # an upper estimate of the true minimum
+    cache = encoding.Z3Network(net)
+    # just above a value some grid point reaches: satisfiable (with a real solution); below the bound: not
+    result = encoding.z3_query(cache, lo, hi, bounds, spec, np.array([best + 1e-6]), 20)
+    assert result.status == "sat" and float((net.forward(result.x[None]) @ spec[0])[0]) <= best + 1e-6 + 1e-9
+    assert encoding.milp_query(net, lo, hi, bounds, spec, np.array([best + 1e-3]), 20).status == "sat"
+    floor = float(crown.backward(tnet, tnet.hidden, torch.as_tensor(spec), doms).value[0, 0])
+    assert encoding.z3_query(cache, lo, hi, bounds, spec, np.array([floor - 1e-3]), 20).status == "unsat"
+    assert encoding.milp_query(net, lo, hi, bounds, spec, np.array([floor - 1e-3]), 20).status == "unsat"
+
+
+def test_branch_and_bound_agrees_with_milp_on_digits_mlp() -> None:
+    model, data = digits_mlp(), digits()
+    net = from_classifier(model)
+    agreed = 0
+    for i in range(3):
+        x = data.x[i].reshape(-1).double().numpy()
+        lo, hi = np.clip(x - 0.06, 0, 1), np.clip(x + 0.06, 0, 1)
+        tnet = crown.TorchNet.of(net, lo, hi)
+        root = crown.compute_bounds(tnet, crown.root_domains(tnet))
+        bounds = crown_bounds(net, lo, hi)
+        for spec, rhs in robustness_property(lo, hi, int(data.y[i]), 10).disjuncts:
+            result = bab.branch_and_bound(tnet, root, spec, rhs, time.monotonic() + 20,
+                                          point_check=lambda p, s=spec, r=rhs: np.max(net.forward(p) @ s.T - r, axis=1))  # fmt: skip
+            exact = encoding.milp_query(net, lo, hi, bounds, spec, rhs, 20)
+            if "unknown" in (result.status, exact.status):
+                continue
+            assert result.status == exact.status
+            if result.status == "sat":
+                assert np.all(net.forward(result.x[None]) @ spec.T <= rhs + 1e-9)
+            agreed += 1
+    assert agreed >= 20
+
+
+def test_engine_decides_maxpool_and_refuses_to_guess_on_sigmoid() -> None:
+    net = random_net(5, pool=True)
+    model = FloatModel.from_network(net)
+    x = np.zeros(4)
+    label = int(net.forward(x[None])[0].argmax())
+    for eps in (0.01, 0.3, 2.0):
+        prop = robustness_property(x - eps, x + eps, label, 3)
+        outcome = Engine(net, model, Options(timeout=20)).verify(prop)
+        brute = samples(prop.lo, prop.hi, 20000, 0)
+        found = bool((net.forward(brute).argmax(1) != label).any())
+        assert outcome.status in ("safe", "unsafe")
+        if found:
+            assert outcome.status == "unsafe"
+        if outcome.status == "unsafe":
+            assert int(np.argmax(model(outcome.counterexample[None])[0])) != label
+    smooth = random_net(6, ("sigmoid", "sigmoid"))
+    label = int(smooth.forward(x[None])[0].argmax())
+    prop = robustness_property(x - 3.0, x + 3.0, label, 3)
+    outcome = Engine(smooth, FloatModel.from_network(smooth), Options(timeout=5, use_attack=False)).verify(prop)
+    brute = samples(prop.lo, prop.hi, 20000, 1)
+    if (smooth.forward(brute).argmax(1) != label).any():
+        assert outcome.status != "safe"
+
+
+def test_instances_csv_run_writes_results_and_fails_on_a_contradicted_reference(tmp_path: Path) -> None:
+    test = SHARED_DATA / "vnncomp-test"
+    if not test.exists():
+        pytest.skip("shared VNN-COMP test networks are absent")
+    csv = tmp_path / "instances.csv"
+    csv.write_text("benchmark,onnx,vnnlib,timeout_s,reference\n"
+                   f"test,{test / 'test_sat.onnx'},{test / 'test_prop.vnnlib'},30,violated\n"
+                   f"test,{test / 'test_unsat.onnx'},{test / 'test_prop.vnnlib'},30,holds\n")  # fmt: skip
+    results = vnncomp.run_instances(vnncomp.read_instances(csv), Options(semantics="real"), tmp_path / "out")
+    assert [r.verdict for r in results] == ["sat", "unsat"] and not any(r.wrong for r in results)
+    assert all(r.result_file is not None and r.result_file.read_text().split()[0] == r.verdict for r in results)
+    summary = vnncomp.summarize(results)
+    assert sum(s.correct for s in summary) == 2
+    # a reference that disagrees makes the CLI exit 1
+    csv.write_text(csv.read_text().replace(",30,holds", ",30,violated"))
+    done = subprocess.run([sys.executable, "-m", "robustcheck.cli.main", "verify", "--instances", str(csv),
+                           "--results-dir", str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "contradict" in done.stdout and (tmp_path / "cli" / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnist_spec_idx_8098_eps", "prop_0_0.004", "prop_2_0.04", "img1697-eps"])
+def test_real_dev_set_instances_are_decided_correctly_on_time(name: str, tmp_path: Path) -> None:
+    if not (VNNCOMP / "instances.csv").exists():
+        pytest.skip("the VNN-COMP 2021 dev set is absent")
+    chosen = [i for i in vnncomp.read_instances(VNNCOMP / "instances.csv") if name in i.vnnlib.name][:1]
+    result = vnncomp.run_instances(chosen, Options(semantics="real"), tmp_path, timeout=120)[0]
+    assert not result.wrong and result.seconds < 120 * 1.05
+    assert result.correct, result.message
