@@ -91,7 +91,7 @@ def test_import_does_not_load_heavy_modules() -> None:
 def test_passing_check(pytester: pytest.Pytester) -> None:
     result = run_inner(pytester, PASSING)
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*robustcheck*", "1 robustness run(s), seed 0"])
+    result.stdout.fnmatch_lines(["*robustcheck*", "1 robustness run(s), seed 0", "PASS  test_inner.py::* on digits-mlp  score * (min_score *)"])
 
 
 def test_failing_check_explains_itself(pytester: pytest.Pytester) -> None:
@@ -108,6 +108,8 @@ def test_failing_check_explains_itself(pytester: pytest.Pytester) -> None:
     assert f"reproduce:  {command}" in text
     # in-memory objects: the test itself reproduces the run
     result.stdout.fnmatch_lines(["*reproduce:  python -m pytest *test_inner.py::test_objects --robustcheck-seed=7"])
+    # the session summary lists every run with its test, threshold and verdict
+    result.stdout.fnmatch_lines(["2 robustness run(s), seed 7", "FAIL  test_inner.py::* fgsm on digits-mlp  score * (min_score 0.990): score * is below min_score 0.9900*"])
 
 
 def test_inconclusive_run_fails(pytester: pytest.Pytester) -> None:

@@ -41,6 +41,13 @@ class Check:
     #: the run's validity flags (set by :func:`flag_problems`) and the codes the test allows
     flags: list[Flag] = field(default_factory=list)
     allowed: frozenset[str] = frozenset()
+    #: why the assertion failed (``[]``: it passed; ``None``: the run was not asserted, ``robustcheck.run``)
+    problems: list[str] | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        """``"pass"``, ``"fail"`` (also inconclusive runs: the test fails) or ``None`` (not asserted)."""
+        return None if self.problems is None else ("fail" if self.problems else "pass")
 
 
 def flag_problems(check: Check, outcomes: Sequence[RunOutcome], allow_flags: Sequence[str] | str = ()) -> list[str]:

@@ -242,6 +242,7 @@ class RobustCheck:
         __tracebackhide__ = True
         check = self._check(model, data, probe, defense, samples, params, min_score=min_score, input_shape=input_shape)
         problems = self._problems(check) + flag_problems(check, self.outcomes, allow_flags)
+        check.problems = problems
         if problems:
             raise AssertionError(explain(check, problems))
         return check.outcome.result
@@ -251,9 +252,11 @@ class RobustCheck:
         workers' runs, sorted by test (a test's runs keep their order)."""
         from robustcheck.run.runner import Runner
 
-        results = Runner(None, quiet=True).results(self.outcomes, self.seed)
+        results = Runner(None, quiet=True).results(self.outcomes, self.seed, [c.min_score for c in self.checks])
         for run, check in zip(results["runs"], self.checks, strict=True):
             run["test"] = check.test
+            run["verdict"] = check.verdict
+            run["problems"] = check.problems
         results["runs"] += sorted(self._worker_runs, key=lambda run: run["test"])
         return results
 
@@ -456,7 +459,11 @@ class RobustCheck:
             self._written.append(f"baseline updated: {self.baseline.path} ({_count(self.baseline.recorded)} scores recorded)")
 
     def summary_lines(self) -> list[str]:
+        """The terminal summary: one line per run (verdict, test, probe, score against its threshold), then
+        the files written; under xdist the controller has every worker's runs."""
         lines = [f"{self.run_count} robustness run(s), seed {self.seed}"] if self.run_count else []
+        runs = self.results()["runs"] if self.run_count else []  # the workers' runs included
+        lines += [run_line(run) for run in runs]
         lines += self._written
         baseline = self.baseline
         if baseline is not None and not baseline.exists and not self.settings.update_baseline:
@@ -465,6 +472,20 @@ class RobustCheck:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def run_line(run: Mapping[str, Any]) -> str:
+    """``PASS  tests/test_m.py::test_a  pgd-linf on digits-mlp  score 0.612 >= 0.500`` (FAIL names why;
+    ``run`` for runs a test did not assert)."""
+    from robustcheck.reports.formatting import format_score
+
+    verdict = {"pass": "PASS", "fail": "FAIL"}.get(str(run.get("verdict")), "run")
+    defense = f"+{run['defense']}" if run.get("defense") else ""
+    threshold = run.get("threshold")
+    score = f"score {format_score(run.get('score'))}" + (f" (min_score {threshold:.3f})" if threshold is not None else "")
+    status = f", {run['status']}" if run.get("status") not in (None, "ok") else ""
+    why = f": {'; '.join(run['problems'])}" if run.get("problems") else ""
+    return f"{verdict:<4}  {run.get('test', '?')}  {run.get('probe', '?')} on {run.get('model', '?')}{defense}  {score}{status}{why}"
 
 
 class _ObjectNames:

@@ -371,7 +371,8 @@ def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
         specs = plan.specs(runner)
         runner.check(specs)
         outcomes = runner.run(specs, executor)
-        runner.write_outputs(outcomes, plan.seed, plan.fail_under, plan.results_db_path)
+        thresholds = [plan.threshold(o.spec.probe.name) for o in outcomes]
+        runner.write_outputs(outcomes, plan.seed, [t if t > -math.inf else None for t in thresholds], plan.results_db_path)
     except KeyboardInterrupt:
         print(f"\nrobustcheck: interrupted; finished runs are saved in {plan.out}: rerun with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED

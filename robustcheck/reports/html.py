@@ -226,13 +226,19 @@ def _score_css(score: Any, status: str, fail_under: float | None) -> str:
     return f"scale-{bucket}"
 
 
+def run_threshold(run: Mapping[str, Any], fail_under: float | None = None) -> float | None:
+    """The score ``run`` must reach: its own ``threshold`` (results.json, per probe), else ``fail_under``."""
+    threshold = run.get("threshold")
+    return float(threshold) if is_number(threshold) else fail_under
+
+
 def _score_cell(run: Mapping[str, Any], fail_under: float | None, *, notes: bool = True) -> Cell:
     """The score cell of one run; with ``notes``, the status (and error message) is added as small text.
 
     The full message is always available as the cell's tooltip.
     """
     status = str(run.get("status", "ok"))
-    css = _score_css(run.get("score"), status, fail_under)
+    css = _score_css(run.get("score"), status, run_threshold(run, fail_under))
     message = str(run.get("message") or "")
     text = "error" if status == "error" else format_score(run.get("score"))
     note = ""
@@ -702,16 +708,23 @@ def build_verdict(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -
     errors = [_run_name(r) for r in runs if r.get("status") == "error"]
     timeouts = [_run_name(r) for r in runs if r.get("status") == "timeout"]
     scored = [r for r in runs if is_number(r.get("score")) and math.isfinite(r["score"])]
-    under = [] if fail_under is None else [r for r in scored if r["score"] < fail_under]
+    judged = [(r, t) for r in scored if (t := run_threshold(r, fail_under)) is not None]
+    under = [(r, t) for r, t in judged if r["score"] < t]
+    thresholds = _unique(t for r in runs if (t := run_threshold(r, fail_under)) is not None)
     lines = []
-    if fail_under is not None:
-        passed = sum(1 for r in scored if r["score"] >= fail_under)
-        lines.append(f"Pass threshold: a score \u2265 {fail_under:.3f} passes; {passed} of {n} runs pass.")
+    if thresholds:
+        passed = len(judged) - len(under)
+        if len(thresholds) == 1 and len(judged) == len(scored):
+            rule = f"a score \u2265 {thresholds[0]:.3f} passes"
+        else:  # per-probe thresholds: name each
+            per_probe = _unique(f"{r.get('probe', '?')} \u2265 {t:.3f}" for r, t in judged)
+            rule = "per probe: " + ", ".join(per_probe)
+        lines.append(f"Pass threshold: {rule}; {passed} of {n} runs pass.")
     else:
         lines.append(f"{n} run{'s' if n != 1 else ''}; no threshold set (--fail-under): scores are shaded from 0 to 1.")
     if under:
-        shown = [f"{_run_name(r)}: {format_score(r['score'])}" for r in sorted(under, key=lambda r: r["score"])]
-        lines.append(f"{len(under)} of {n} runs under the threshold ({_names(shown)}).")
+        shown = [f"{_run_name(r)}: {format_score(r['score'])} < {t:.3f}" for r, t in sorted(under, key=lambda rt: rt[0]["score"])]
+        lines.append(f"{len(under)} of {n} runs under their threshold ({_names(shown)}).")
     if errors:
         lines.append(f"{len(errors)} of {n} runs raised ({_names(errors)}).")
     if timeouts:
@@ -724,7 +737,7 @@ def build_verdict(runs: Sequence[Mapping[str, Any]], fail_under: float | None) -
         head, css = "inconclusive", "timeout"
     elif not runs:
         head, css = "no runs", "neutral"
-    elif fail_under is None:
+    elif not thresholds:
         head, css = "no threshold", "neutral"
     else:
         head, css = "PASS", "pass"
@@ -751,6 +764,7 @@ def build_context(
         "n_runs": len(runs),
         "n_flagged": sum(1 for r in runs if run_flags(r)),
         "fail_under": None if fail_under is None else f"{fail_under:.3f}",
+        "any_threshold": any(run_threshold(r, fail_under) is not None for r in runs),
         "verdict": build_verdict(runs, fail_under),
         "probes": probes,
         "show_clean": any(is_number((r.get("metrics") or {}).get("clean_accuracy")) for r in runs),

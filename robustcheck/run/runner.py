@@ -427,29 +427,42 @@ class Runner:
             self.store.save(outcome.spec.run_id, spec, outcome.to_json(), outcome.result.records, outcome.result.artifacts)
 
     # -- outputs -------------------------------------------------------------------------------
-    def results(self, outcomes: Sequence[RunOutcome], seed: int) -> dict[str, Any]:
-        """The canonical ``results.json`` content; each run carries its validity ``flags`` (:mod:`robustcheck.run.flags`)."""
+    def results(
+        self, outcomes: Sequence[RunOutcome], seed: int, thresholds: Sequence[float | None] | None = None
+    ) -> dict[str, Any]:
+        """The canonical ``results.json`` content. Each run carries its validity ``flags``
+        (:mod:`robustcheck.run.flags`) and its ``threshold``: the score it must reach (``thresholds``, one
+        per outcome; ``None``: none set)."""
+        thresholds = list(thresholds) if thresholds is not None else [None] * len(outcomes)
+        runs = [
+            {**o.to_json(), "threshold": threshold, "flags": [f.to_json() for f in flags]}
+            for o, threshold, flags in zip(outcomes, thresholds, audit_flags(outcomes), strict=True)
+        ]
         return {
             "robustcheck_version": robustcheck.__version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seed": seed,
             "environment": {**environment(), "device": ", ".join(sorted({o.device for o in outcomes if o.device})) or None},
-            "runs": [{**o.to_json(), "flags": [f.to_json() for f in flags]} for o, flags in zip(outcomes, audit_flags(outcomes), strict=True)],
+            "runs": runs,
         }
 
     def write_outputs(
-        self, outcomes: Sequence[RunOutcome], seed: int, fail_under: float | None = None, results_db: str | Path | None = None
+        self,
+        outcomes: Sequence[RunOutcome],
+        seed: int,
+        thresholds: Sequence[float | None] | None = None,
+        results_db: str | Path | None = None,
     ) -> dict[str, Any]:
         """Write ``results.json``, ``records.csv`` and ``report.html`` into ``out_dir`` and append the
         runs to the results database ``results_db`` (if given); return the results."""
-        results = self.results(outcomes, seed)
+        results = self.results(outcomes, seed, thresholds)
         if self.out_dir is None:
             return results
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "results.json").write_text(json.dumps(results, indent=2, default=json_default) + "\n")
         records_table(outcomes).to_csv(self.out_dir / "records.csv", index=False)
         artifacts: dict[str, list[Artifact]] = {o.spec.run_id: o.result.artifacts for o in outcomes}
-        report = write_report(self.out_dir / "report.html", results, artifacts, fail_under=fail_under)
+        report = write_report(self.out_dir / "report.html", results, artifacts)
         if results_db is not None:
             hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
             ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)

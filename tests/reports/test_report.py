@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html as html_module
 import re
 import shutil
 import subprocess
@@ -579,7 +580,7 @@ def test_tables_of_one_title_side_by_side_and_scrolling(results: dict) -> None:
 
 def _banner(html: str) -> str:
     block = html.split('<div class="verdict', 1)[1].split('role="status">', 1)[1].split("</div>\n  </div>", 1)[0]
-    return " ".join(re.sub(r"<[^>]+>", " ", block).split())
+    return html_module.unescape(" ".join(re.sub(r"<[^>]+>", " ", block).split()))
 
 
 def test_verdict_banner(results: dict) -> None:
@@ -588,7 +589,7 @@ def test_verdict_banner(results: dict) -> None:
     assert '<div class="verdict error"' in html  # a run raised
     banner = _banner(html)
     assert banner.startswith("error") and "Pass threshold: a score \u2265 0.500 passes; 2 of 5 runs pass." in banner
-    assert "2 of 5 runs under the threshold (pgd-linf on digits-mlp: 0.200, pgd-linf on digits-cnn: 0.420)" in banner
+    assert "2 of 5 runs under their threshold (pgd-linf on digits-mlp: 0.200 < 0.500, pgd-linf on digits-cnn: 0.420 < 0.500)" in banner
     assert "1 of 5 runs raised (fgsm on digits-cnn + bit-depth)" in banner and "1 of 5 runs timed out" in banner
     assert "No run flagged." in banner
 
@@ -598,6 +599,11 @@ def test_verdict_banner(results: dict) -> None:
     timed_out = ok + [results["runs"][2]]
     assert _banner(render_report({**results, "runs": timed_out}, fail_under=0.1)).startswith("inconclusive")
     assert _banner(render_report({**results, "runs": ok})).startswith("no threshold 3 runs; no threshold set")
+
+    per_probe = [{**r, "threshold": 0.3 if r["probe"] == "fgsm" else 0.1} for r in ok]
+    banner = _banner(render_report({**results, "runs": per_probe}))  # results.json thresholds, per probe
+    assert banner.startswith("PASS") and "per probe: " in banner and "fgsm \u2265 0.300" in banner
+    assert _banner(render_report({**results, "runs": [{**r, "threshold": 0.99} for r in ok]})).startswith("FAIL")
 
     ok[0]["flags"] = [{"code": "zero-gradients", "message": "m"}]
     banner = _banner(render_report({**results, "runs": ok}, fail_under=0.1))
