@@ -14,9 +14,13 @@ under either. A unit seeds itself from its spec, so the same seed gives the same
 from __future__ import annotations
 
 import os
+import site
 import sys
+import sysconfig
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from robustcheck import registry
@@ -102,7 +106,12 @@ class RayExecutor:
         return {"num_cpus": float(declared.get("num_cpus", 1)), "num_gpus": float(declared.get("num_gpus", 0))}
 
     def _execute(self, ray: Any, runner: Runner, specs: Sequence[RunSpec], bar: Any) -> Iterator[tuple[int, RunOutcome]]:
-        shared = ray.put(runner.shipment(registry.in_process_entries()))
+        for spec in specs:  # loaded here: workers get the objects (and the user's code), not names they may not resolve
+            runner.model(spec.model)
+        shipment = runner.shipment(registry.in_process_entries())
+        for module in user_modules(shipment["models"].values()):
+            ray.cloudpickle.register_pickle_by_value(module)
+        shared = ray.put(shipment)
         progress = _progress_actor(ray).remote(len(specs))
         remote = ray.remote(_run_unit)
         pending: dict[Any, int] = {}
@@ -128,6 +137,26 @@ class RayExecutor:
         finally:
             for ref in pending:  # interrupted: stop what is still queued or running
                 ray.cancel(ref, force=True)
+
+
+def user_modules(models: Iterable[Any]) -> list[ModuleType]:
+    """The modules defining the layers of ``models`` that are the user's own code: files outside every
+    installed package (``path/to/file.py:factory``, a module of the current folder). Ray workers could not
+    import them (another working folder, another ``sys.path``), so their code travels with the models,
+    pickled by value."""
+    installed = [Path(p).resolve() for p in {*site.getsitepackages(), site.getusersitepackages(), *sysconfig.get_paths().values()}]
+    found: dict[str, ModuleType] = {}
+    for model in models:
+        for layer in model.modules():
+            name = type(layer).__module__
+            module = sys.modules.get(name)
+            file = getattr(module, "__file__", None)
+            if module is None or file is None or name in found or name.split(".")[0] == "robustcheck":
+                continue
+            path = Path(file).resolve()
+            if not any(path.is_relative_to(folder) for folder in installed):
+                found[name] = module
+    return list(found.values())
 
 
 def import_ray() -> Any:

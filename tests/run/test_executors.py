@@ -6,6 +6,7 @@ starts a local Ray instance with 2 CPUs, as a user's laptop or CI runner would.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,25 @@ def test_interrupted_ray_audit_resumes(helpers: Any, tmp_path: Path, ray_executo
     assert comparable_runs({"runs": [o.to_json() for o in outcomes]}) == comparable_runs(
         {"runs": [o.to_json() for o in Runner(None, quiet=True).run(specs)]}
     )
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("how", ["file", "module of the current folder"])
+def test_ray_workers_run_the_users_own_model_code(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_executor: RayExecutor
+) -> None:
+    """The workers cannot import ``mynet`` (another folder, another sys.path): its code travels by value."""
+    from helpers import CONSTANT_MODEL_SOURCE
+
+    folder = tmp_path / "user"
+    folder.mkdir()
+    module = f"rc_ray_user_{'file' if how == 'file' else 'cwd'}"
+    (folder / f"{module}.py").write_text(CONSTANT_MODEL_SOURCE)
+    monkeypatch.chdir(folder)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    source = f"{folder / module}.py:constant" if how == "file" else f"{module}:constant"
+    spec = RunSpec(model=source, probe="fgsm", samples=8)
+    ray_outcome = Runner(None, quiet=True).run([spec], ray_executor)[0]
+    assert ray_outcome.result.status == "ok", ray_outcome.result.message
+    local = Runner(None, quiet=True).run([spec])[0]
+    assert ray_outcome.result.metrics == local.result.metrics
