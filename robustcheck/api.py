@@ -28,7 +28,7 @@ from torch import nn
 from robustcheck import registry
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.deadline import budget_scope
-from robustcheck.defaults import DEFAULT_BATCH_SIZE
+from robustcheck.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET_S
 from robustcheck.errors import ProbeTimeout, RequirementError, UsageError
 from robustcheck.jsonutil import json_default
 from robustcheck.models.classifier import ImageClassifier
@@ -221,6 +221,11 @@ class Probe(Plugin):
 
     kind: ClassVar[str] = "probe"
     score_doc: ClassVar[str] = ""
+    #: the time budget of a run when the user sets none (``--budget``): room for the probe's expected cost
+    #: with default parameters on the built-in models, on a quiet 2-core machine, stated in ``cost``.
+    default_budget_s: ClassVar[float] = DEFAULT_BUDGET_S
+    #: what a run with default parameters costs (shown by ``robustcheck list``), e.g. "trains a GAN first: ~70 s".
+    cost: ClassVar[str] = ""
     #: whether a run may split its samples into shards (``RunSpec.shards``): needs :meth:`merge`.
     shardable: ClassVar[bool] = False
     #: whether data images may be larger than the model input (the probe cuts model-sized windows).

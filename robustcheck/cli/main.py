@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", help=f"output folder (default ./{DEFAULT_OUT})")
     audit.add_argument("--config", help="audit configuration file (TOML); command-line options override it")
     audit.add_argument("--fail-under", type=float, help="exit 1 if any score is below this threshold")
-    audit.add_argument("--budget", type=float, help=f"time budget per run in seconds (default {DEFAULT_BUDGET_S:g}; 0: none)")
+    audit.add_argument("--budget", type=float, help=f"time budget per run in seconds (default: each probe's own, {DEFAULT_BUDGET_S:g} for most, see 'robustcheck list'; 0: none)")
     audit.add_argument("--batch-size", type=int, help=f"samples per batch (default {DEFAULT_BATCH_SIZE})")
     audit.add_argument("--results-db", help="results database the runs are appended to, for leaderboards (default OUT/results.db)")
     audit.add_argument("--executor", choices=["local", "ray"], help="where runs execute: in this process (default) or as Ray tasks (extra [ray])")
@@ -242,6 +242,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             description = entry.summary
             for param in getattr(entry.obj, "parameters", {}).values():  # from each parameter's declaration
                 description += f"\n  {param.name}: {param.describe()}"
+            budget = getattr(entry.obj, "default_budget_s", None)
+            if budget is not None:  # probes: what a run costs, and the time it gets unless --budget says otherwise
+                cost = getattr(entry.obj, "cost", "")
+                description += f"\n  default budget: {budget:g} s" + (f" ({cost})" if cost else "")
             table.add_row(escape(entry.name), escape(entry.source), escape(plain_text(description)))
         console.print(table)
     return EXIT_OK

@@ -8,7 +8,7 @@ Config file (every key optional; command-line options override)::
     results_db = "results.db"  # runs are appended here for leaderboards (default: OUT/results.db)
     data = "digits-rgb32"
     fail_under = 0.3          # threshold for every probe
-    budget = 120              # seconds per run
+    budget = 120              # seconds per run (default: each probe's own, 120 for most; 0: none)
     executor = "local"        # or "ray" (extra [ray]); ray_address = "auto" joins a running cluster
     ray_task_gpus = 1         # resources of each Ray task (ray_task_cpus too), overriding the probes' own
     shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
@@ -36,7 +36,6 @@ from typing import Any
 from robustcheck import registry
 from robustcheck.defaults import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_BUDGET_S,
     DEFAULT_MODEL,
     DEFAULT_OUT,
     DEFAULT_SAMPLES,
@@ -81,7 +80,8 @@ class AuditPlan:
     seed: int = 0
     out: Path = Path(DEFAULT_OUT)
     fail_under: float | None = None
-    budget: float | None = DEFAULT_BUDGET_S
+    budget: float | None = None  # seconds per run (None: none); see budget_given
+    budget_given: bool = False  # False: each probe's default budget (Probe.default_budget_s)
     batch_size: int = DEFAULT_BATCH_SIZE
     results_db: Path | None = None  # None: OUT/results.db
     executor: str = "local"  # where units run: "local" or "ray" (robustcheck.run.ray)
@@ -137,7 +137,7 @@ class AuditPlan:
         defenses = values.get("defenses")
         if defenses is not None:
             values["defenses"] = [None if d in (None, "none") else defense_spec(d) for d in defenses]
-        budget = values.get("budget", DEFAULT_BUDGET_S)
+        budget = values.get("budget")
         return cls(
             models=values.get("models") or [ModelChoice(DEFAULT_MODEL)],
             probes=values.get("probes"),
@@ -148,6 +148,7 @@ class AuditPlan:
             out=Path(values.get("out", DEFAULT_OUT)),
             fail_under=values.get("fail_under"),
             budget=float(budget) if budget else None,
+            budget_given=budget is not None,
             batch_size=_positive_int(values.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size"),
             results_db=Path(values["results_db"]) if values.get("results_db") else None,
             executor=values.get("executor") or "local",
@@ -198,7 +199,7 @@ class AuditPlan:
                             defense=checked[defense] if defense else None,
                             samples=self.samples,
                             seed=self.seed,
-                            budget_s=self.budget,
+                            budget_s=self.budget if self.budget_given else plugins[probe.spec].default_budget_s,
                             device=self.device,
                             batch_size=self.batch_size,
                             model_options={k: v for k, v in choice.options.items() if k not in LOAD_OPTIONS},  # not in run ids

@@ -60,3 +60,21 @@ def test_input_shape_reaches_every_model(tmp_path: Path) -> None:
     runner = Runner(None, quiet=True)
     specs = AuditPlan.from_sources({"input_shape": (3, 32, 32), "probes": ["fgsm"], "defenses": ["none"]}).specs(runner)
     assert specs[0].model_options == {"input_shape": [3, 32, 32]} and runner.model(specs[0].model).input_shape == (3, 32, 32)
+
+
+def test_budgets_default_to_each_probes_own_and_the_user_overrides_them(tmp_path: Path) -> None:
+    from robustcheck.params import PluginSpec
+    from robustcheck.plugins import plugin_class
+
+    def budgets(cli: dict, config: Path | None = None) -> dict[str, float | None]:
+        specs = AuditPlan.from_sources({"defenses": ["none"], **cli}, config).specs(Runner(None, quiet=True))
+        return {s.probe.name: s.budget_s for s in specs}
+
+    probes = ["fgsm", "fooling"]
+    own = {name: plugin_class(PluginSpec("probe", name)).default_budget_s for name in probes}
+    assert budgets({"probes": probes}) == own and own["fooling"] > own["fgsm"]  # fooling's searches cost more
+    assert budgets({"probes": probes, "budget": 7.0}) == {"fgsm": 7.0, "fooling": 7.0}
+    assert budgets({"probes": probes, "budget": 0}) == {"fgsm": None, "fooling": None}  # 0: none
+    config = tmp_path / "audit.toml"
+    config.write_text("budget = 9\n")
+    assert budgets({"probes": probes}, config) == {"fgsm": 9.0, "fooling": 9.0}

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcheck.errors import ProbeTimeout
 from robustcheck.models.captioner import ImageCaptioner
 from robustcheck.probes.captions.goals import feature_loss, project
 
@@ -137,7 +138,8 @@ def train_gan(
 
     Each step draws a batch of images, a batch of target images from the same set (their encoder
     features are what ``G`` must make the encoder produce) and a budget from ``epsilons``. Stops after
-    ``settings.steps`` or once ``time.perf_counter()`` passes ``stop_at`` (at least one step).
+    ``settings.steps``, once ``time.perf_counter()`` passes ``stop_at`` (at least one step) or when the run's
+    budget interrupts a model call (:mod:`robustcheck.deadline`).
     Returns the generator in eval mode and the number of steps done. ``model`` should be in eval mode.
     """
     gen_net, disc = seeded_modules(
@@ -163,8 +165,12 @@ def train_gan(
             x = images[i]
             adv = perturb(gen_net, x, images[j], eps, bounds)
             real, fake = to_unit(x, bounds), to_unit(adv, bounds)
+            try:
+                encoded = model.encode(adv)
+            except ProbeTimeout:  # the run's budget ran out inside this step: training ends with the steps done
+                break
             loss = (
-                feature_loss(model.encode(adv), features[j]).mean()
+                feature_loss(encoded, features[j]).mean()
                 + settings.gan_weight
                 * F.binary_cross_entropy_with_logits(disc(fake), torch.ones(b, device=x.device))
                 + settings.norm_weight * norm_penalty(adv - x, eps, settings.norm_bound).mean()

@@ -102,6 +102,9 @@ class Recognisability:
 class FoolingProbe(Probe):
     """Fooling images by MAP-Elites (direct and CPPN encodings) and gradient ascent."""
 
+    default_budget_s = 300.0
+    cost = "three searches of 200 generations: about 50 s on digits-cnn, 2 cores"
+
     name = "fooling"  # also the registry name; error messages of direct instances use it
     generator = Param("all", "which generator to run ('all': each in turn)", choices=(*GENERATORS, "all"))
     generations = Param(200, "generations per generator (0: score the random start only)", ge=0)

@@ -208,7 +208,14 @@ def run_map_elites(
         if generation:
             children = encoding.offspring(archive.sample_parents(population, rng), rng)
         images = encoding.render(children)
-        archive.update(children, images, evaluate(images))
+        try:
+            scores = evaluate(images)
+        except ProbeTimeout:  # the run's budget ran out inside a model call: keep the archive of the last generation
+            if not generation:
+                raise
+            stopped = "deadline"
+            break
+        archive.update(children, images, scores)
         recorder.record(generation, archive.fitness)
         on_generation()
         reason = budget.stop_reason(recorder.elapsed()) if generation < generations else None
@@ -295,7 +302,13 @@ def run_gradient_ascent(
     best_images = torch.zeros((num_classes, *shape))
     stopped = "generations"
     for step in range(generations + 1):
-        prob, grad = probability_gradient(model, images, targets, batch_size)
+        try:
+            prob, grad = probability_gradient(model, images, targets, batch_size)
+        except ProbeTimeout:  # the run's budget ran out inside a model call: keep the best images so far
+            if not step:
+                raise
+            stopped = "deadline"
+            break
         top, which = prob.view(num_classes, starts).max(1)
         better = top > best
         best_images[better] = images[(torch.arange(num_classes) * starts + which)[better]]
