@@ -93,10 +93,12 @@ class RunRow:
     params: list[tuple[str, str]]
     samples: str
     score: Cell
+    threshold: str
     status: str
     message: str
     seconds: str
     metrics: list[str]
+    test: str = ""  # the pytest test that ran it (session reports)
 
 
 @dataclass
@@ -179,6 +181,7 @@ class ProbeSection:
     score_doc: str
     metric_names: list[str]
     runs: list[RunRow]
+    show_tests: bool = False  # a pytest session's report: a column names each run's test
     charts: list[Markup] = field(default_factory=list)
     #: single-point curves, as numbers
     points: list[CurvePoints] = field(default_factory=list)
@@ -381,6 +384,8 @@ def _run_row(run: Mapping[str, Any], metric_names: Sequence[str], fail_under: fl
         params=[(str(k), _format_named(str(k), v)) for k, v in params.items()],
         samples=format_value(run.get("samples")),
         score=_score_cell(run, fail_under, notes=False),  # the status column says it
+        threshold=DASH if (threshold := run_threshold(run, fail_under)) is None else f"\u2265 {threshold:.3f}",
+        test=str(run.get("test") or ""),
         status=str(run.get("status", "ok")),
         message=str(run.get("message") or ""),
         seconds=_format_seconds(run.get("seconds")),
@@ -587,6 +592,7 @@ def build_section(
         score_doc=score_doc,
         metric_names=[_metric_title(m) for m in metric_names],
         runs=[_run_row(r, metric_names, fail_under) for r in runs],
+        show_tests=any(r.get("test") for r in runs),
         charts=charts,
         points=points,
         tables=group_tables(build_tables(runs)),
