@@ -397,7 +397,8 @@ def test_marker_allows_flags_by_code(pytester: pytest.Pytester) -> None:
 def test_disabled_with_no_robustcheck(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")  # the entry point, once installed, is what gets disabled
     pytester.makepyfile(test_inner=HEADER + PASSING)
-    result = pytester.runpytest("-p", "no:robustcheck", "-p", "no:cacheprovider")
+    # every other installed plugin loads; pytest-benchmark (where installed) refuses to run beside xdist
+    result = pytester.runpytest("-p", "no:robustcheck", "-p", "no:cacheprovider", "-p", "no:benchmark")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'robustcheck' not found*"])
     assert "robustness(" not in "\n".join(pytester.runpytest("-p", "no:robustcheck", "--markers").outlines)
