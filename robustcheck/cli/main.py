@@ -458,7 +458,7 @@ def _print_summary(outcomes: Sequence[Any], plan: Any, flagged: Sequence[Sequenc
 
     table = Table(title="robustcheck audit", title_justify="left")
     for column in ("model", "defense", "probe", "clean acc", "score", "threshold", "verdict", "status", "flags", "seconds"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # names wrap, never end in an ellipsis
     for o, flags in zip(outcomes, flagged, strict=True):
         r = o.result
         clean = r.metrics.get("clean_accuracy")
@@ -477,7 +477,8 @@ def _print_summary(outcomes: Sequence[Any], plan: Any, flagged: Sequence[Sequenc
             format_score(threshold), passed,
             r.status + (" (saved)" if o.resumed else ""), f"[yellow]{', '.join(f.code for f in flags)}[/yellow]", f"{r.seconds:.1f}",
         )  # fmt: skip
-    console = Console()
+    # a log (CI, a pipe) has no width: rich would assume 80 columns and squeeze the table
+    console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
     console.print(table)
     for o, flags in zip(outcomes, flagged, strict=True):  # validity flags: the score may not measure robustness
         for flag in flags:
