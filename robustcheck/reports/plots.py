@@ -362,9 +362,10 @@ def heat_map(
     names = [str(n) for n in rows]
     low, high = value_range
     label_width = max([len(_short(n)) for n in names] + [len(y_label)]) * CHAR_WIDTH + 16
-    left, top = label_width, MARGIN_TOP + 18
+    left, top = label_width, MARGIN_TOP + 30  # room for the title, the x label and the column names
     width = int(left + max(len(columns), 1) * HEAT_CELL_WIDTH + MARGIN_RIGHT)
     width = max(width, int(left + HEAT_LEGEND_WIDTH + MARGIN_RIGHT))
+    width = max(width, int(len(title) * TITLE_SIZE * 0.6 + 16))  # the title is never clipped
     grid_bottom = top + len(names) * HEAT_CELL_HEIGHT
     height = int(grid_bottom + 64)
     parts = [
