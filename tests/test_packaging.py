@@ -28,6 +28,7 @@ def test_wheel_ships_templates_weights_and_entry_points(wheel: Path) -> None:
         "robustcheck/reports/templates/leaderboard.html.j2",
         "robustcheck/zoo/digits-cnn.pt",
         "robustcheck/zoo/digits-mlp.pt",
+        "robustcheck/zoo/digits-mlp-robust.pt",
         "robustcheck/py.typed",
     ):
         assert needed in names

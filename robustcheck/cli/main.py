@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", default="leaderboard.html", help="output file (default leaderboard.html)")
     board.add_argument("--markdown", action="store_true", help="write Markdown instead of HTML")
     board.add_argument("--all", action="store_true", help="average every run of a cell instead of taking the latest")
+    board.add_argument("--cards", help="TOML file of model cards for the threat-model tables: [model] architecture, training, extra_data, reference, licence")
 
     verify = sub.add_parser("verify", help="prove or refute local robustness / VNN-LIB properties (z3-safety)")
     verify_command.add_arguments(verify)
@@ -267,10 +268,11 @@ def plain_text(text: str) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from robustcheck.reports.leaderboard import build_leaderboard, to_markdown, write_leaderboard
+    from robustcheck.reports.leaderboard import build_leaderboard, load_cards, to_markdown, write_leaderboard
     from robustcheck.run.history import runs_frame
 
-    table, probes = build_leaderboard(runs_frame(args.sources), all_runs=args.all)
+    cards = load_cards(args.cards) if args.cards else None
+    table, probes = build_leaderboard(runs_frame(args.sources), all_runs=args.all, cards=cards)
     path = write_leaderboard(table, probes, args.out, markdown=args.markdown)
     if not args.markdown:
         print(to_markdown(table, probes), end="")

@@ -25,6 +25,11 @@ def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
+def _wide_mlp() -> nn.Module:
+    # 64-128-128-10: adversarial training needs more capacity than clean training for the same accuracy.
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
 def _cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 16 x 16 x 16
@@ -35,8 +40,20 @@ def _cnn() -> nn.Module:
 
 
 @dataclass(frozen=True)
+class AdversarialTraining:
+    """PGD adversarial training (Madry et al. 2018): every batch is replaced by its adversarial, crafted with
+    ``steps`` Linf PGD steps of ``2.5 * epsilon / steps`` from a uniformly random start in the ``epsilon`` ball."""
+
+    epsilon: float
+    steps: int = 7
+
+
+@dataclass(frozen=True)
 class ZooSpec:
-    """How to build, train and wrap one built-in model."""
+    """How to build, train and wrap one built-in model.
+
+    ``adversarial``: train on PGD adversarials instead of clean images (a robust model).
+    """
 
     name: str
     build: Callable[[], nn.Module]
@@ -46,6 +63,7 @@ class ZooSpec:
     lr: float
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    adversarial: AdversarialTraining | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -69,7 +87,37 @@ ZOO: dict[str, ZooSpec] = {
     for spec in (
         ZooSpec("digits-mlp", _mlp, "digits", (1, 8, 8), epochs=60, lr=3e-3),
         ZooSpec("digits-cnn", _cnn, "digits-rgb32", (3, 32, 32), epochs=30, lr=3e-3, mean=(0.5,) * 3, std=(0.5,) * 3),
+        ZooSpec(
+            "digits-mlp-robust", _wide_mlp, "digits", (1, 8, 8), epochs=100, lr=3e-3,
+            adversarial=AdversarialTraining(epsilon=0.15),
+        ),  # fmt: skip
     )
+}
+
+
+#: Model cards of the built-in classifiers, for leaderboards (field -> text; see ``robustcheck.reports.leaderboard``).
+MODEL_CARDS: dict[str, dict[str, str]] = {
+    "digits-mlp": {
+        "architecture": "MLP 64-32-32-10 (ReLU)",
+        "training": "standard (Adam, 60 epochs)",
+        "extra_data": "none",
+        "reference": "robustcheck zoo",
+        "licence": "MIT",
+    },
+    "digits-cnn": {
+        "architecture": "CNN 3 conv + 1 linear",
+        "training": "standard (Adam, 30 epochs)",
+        "extra_data": "none",
+        "reference": "robustcheck zoo",
+        "licence": "MIT",
+    },
+    "digits-mlp-robust": {
+        "architecture": "MLP 64-128-128-10 (ReLU)",
+        "training": "PGD adversarial training, Linf 0.15, 7 steps (Madry et al. 2018)",
+        "extra_data": "none",
+        "reference": "robustcheck zoo",
+        "licence": "MIT",
+    },
 }
 
 
@@ -110,6 +158,12 @@ def load_zoo_model(name: str, weights: str | Path | None = None) -> ImageClassif
 def digits_mlp(weights: str | None = None) -> ImageClassifier:
     """64-32-32-10 ReLU MLP on 1x8x8 bundled digits (exactly verifiable)."""
     return load_zoo_model("digits-mlp", weights)
+
+
+def digits_mlp_robust(weights: str | None = None) -> ImageClassifier:
+    """64-128-128-10 ReLU MLP on 1x8x8 bundled digits, PGD adversarially trained at Linf epsilon 0.15 (a robust
+    model, to tell strong attacks from weak ones)."""
+    return load_zoo_model("digits-mlp-robust", weights)
 
 
 def digits_cnn(weights: str | None = None) -> ImageClassifier:

@@ -1,4 +1,4 @@
-"""Deterministic training of the built-in zoo (``robustcheck zoo train``)."""
+"""Deterministic training of the built-in zoo (``robustcheck zoo train``): plain or PGD adversarial training."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from robustcheck.data.loading import load_data
 from robustcheck.seeding import seed_everything
-from robustcheck.zoo import ZOO
+from robustcheck.zoo import ZOO, AdversarialTraining
 
 TRAIN_SEED = 0
 BATCH_SIZE = 64
@@ -21,6 +21,29 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of ``model`` on images ``x`` ``(N, C, H, W)`` with labels ``y`` ``(N,)``."""
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
+
+
+def pgd_examples(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AdversarialTraining, generator: torch.Generator
+) -> torch.Tensor:
+    """Linf PGD adversarials of ``x`` ``(N, C, H, W)`` in ``[0, 1]`` for training: a uniformly random start in the
+    ``attack.epsilon`` ball (drawn from ``generator``), ``attack.steps`` signed-gradient steps of
+    ``2.5 * epsilon / steps`` on the cross-entropy, each projected back into the ball and ``[0, 1]``.
+
+    The model is put in eval mode while crafting (and its mode restored) and parameters get no gradients."""
+    eps, alpha = attack.epsilon, 2.5 * attack.epsilon / attack.steps
+    training = model.training
+    model.eval()
+    delta = (2 * torch.rand(x.shape, generator=generator) - 1) * eps
+    adversarial = (x + delta).clamp(0, 1)
+    for _ in range(attack.steps):
+        adversarial.requires_grad_(True)
+        loss = F.cross_entropy(model(adversarial), y)
+        (grad,) = torch.autograd.grad(loss, adversarial)
+        stepped = adversarial.detach() + alpha * grad.sign()
+        adversarial = torch.minimum(torch.maximum(stepped, x - eps), x + eps).clamp(0, 1)
+    model.train(training)
+    return adversarial.detach()
 
 
 @contextlib.contextmanager
@@ -59,7 +82,10 @@ def _train(name: str, out_dir: Path | None, *, verbose: bool) -> tuple[Path, flo
         order = torch.randperm(len(train_set), generator=generator)
         for start in range(0, len(order), BATCH_SIZE):
             idx = order[start : start + BATCH_SIZE]
-            loss = F.cross_entropy(model(train_set.x[idx]), train_set.y[idx])
+            inputs = train_set.x[idx]
+            if spec.adversarial is not None:  # train on the batch's PGD adversarials (robust model)
+                inputs = pgd_examples(model, inputs, train_set.y[idx], spec.adversarial, generator)
+            loss = F.cross_entropy(model(inputs), train_set.y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -186,3 +186,101 @@ def test_databases_from_before_flags_are_upgraded(tmp_path):
     assert frame.loc[0, "flags"] == [] and frame.loc[0, "model"] == "old"
     table, probes = build_leaderboard(frame)
     assert "⚑" not in to_markdown(table, probes)
+
+
+def aa_run(model, curve, *, norm="linf", clean=0.9, defense=None, flags=None):
+    """An ``autoattack`` run whose robust-accuracy curve is ``curve`` (epsilon key -> accuracy)."""
+    metrics = {
+        "clean_accuracy": clean, "norm": norm, "robust_accuracy": {"0": clean, **curve},
+        "robust_accuracy_8bit": {k: min(1.0, v + 0.05) for k, v in curve.items()}, "samples": 10, "version": "standard",
+    }  # fmt: skip
+    out = run(model, "autoattack", sum(curve.values()) / len(curve), defense=defense, clean=clean)
+    out["metrics"], out["flags"] = metrics, flags or []
+    return out
+
+
+EPS8, EPS16 = "0.0313725", "0.0627451"
+
+
+def test_threat_model_rows_are_ranked_by_autoattack_accuracy_with_cards_and_mean_score(tmp_path):
+    res = results(
+        [
+            aa_run("digits-mlp-robust", {EPS8: 0.6, EPS16: 0.3}),
+            aa_run("b", {EPS8: 0.6, EPS16: 0.4}, clean=0.95),         # ties at 8/255, wins at 16/255
+            aa_run("c", {EPS8: 0.2}, defense="jpeg"),
+            aa_run("d", {"0.5": 0.7}, norm="l2"),
+            run("b", "fgsm", 0.8),                                        # only in the mean of scores
+        ]
+    )  # fmt: skip
+    cards = {"b": {"architecture": "WideResNet-28-10", "reference": "https://example.org/paper", "licence": "CC-BY"}}
+    table, probes = build_leaderboard(runs_frame([write(tmp_path, "one", res)]), cards=cards)
+    threats = table.attrs["threat_models"]
+    assert list(threats["threat_model"].unique()) == ["L2, eps 0.5", "Linf, eps 8/255", "Linf, eps 16/255"]
+    at8 = threats[threats["threat_model"] == "Linf, eps 8/255"].set_index(["model", "defense"])
+    assert at8.loc[("digits-mlp-robust", ""), "rank"] == 1 and at8.loc[("b", ""), "rank"] == 1  # ties share
+    assert at8.loc[("c", "jpeg"), "rank"] == 3 and at8.loc[("b", ""), "clean_accuracy"] == 0.95
+    at16 = threats[threats["threat_model"] == "Linf, eps 16/255"]
+    assert list(at16["model"]) == ["b", "digits-mlp-robust"] and list(at16["rank"]) == [1, 2]
+    assert at8.loc[("digits-mlp-robust", ""), "training"].startswith("PGD adversarial training")  # the zoo's card
+    assert at8.loc[("b", ""), "architecture"] == "WideResNet-28-10" and at8.loc[("b", ""), "robust_accuracy_8bit"] == pytest.approx(0.65)
+    assert at8.loc[("b", ""), "mean_score"] == pytest.approx((0.5 + 0.8) / 2)  # the secondary mean of scores
+    markdown = to_markdown(table, probes)
+    assert markdown.startswith("## Threat model L2, eps 0.5\n")
+    assert markdown.index("## Threat model Linf, eps 8/255") < markdown.index("## All probes: mean of scores (secondary)")
+    assert "| 1 | b | — | 0.600 | 0.950 | 0.650 | WideResNet-28-10 | — | — | https://example.org/paper | CC-BY | 0.650 |" in markdown
+    assert "| rank | model | defense | clean accuracy | autoattack | fgsm | overall | coverage |" in markdown
+    html = render_leaderboard(table, probes)
+    assert html.count('<table class="threat-model">') == 3 and html.index("Threat model L2") < html.index('id="leaderboard"')
+
+
+def test_threat_model_board_latest_run_wins_escapes_and_flags(tmp_path):
+    old = write(tmp_path, "old", results([aa_run(EVIL, {EPS8: 0.1})], "2026-11-01T00:00:00+00:00"))
+    flags = [{"code": "few-samples", "message": f"only 3 {EVIL}"}]
+    new = write(tmp_path, "new", results([aa_run(EVIL, {EPS8: 0.4}, flags=flags)], "2026-11-20T00:00:00+00:00"))
+    table, probes = build_leaderboard(runs_frame([old, new]), cards={EVIL: {"training": EVIL}})
+    threats = table.attrs["threat_models"]
+    assert len(threats) == 1 and threats.loc[0, "robust_accuracy"] == pytest.approx(0.4)
+    html = write_leaderboard(table, probes, tmp_path / "board.html").read_text()
+    assert "<script>alert" not in html and html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3
+    assert 'href="new/report.html"' in html and "few-samples" in html
+    markdown = to_markdown(table, probes)
+    assert "<script>" not in markdown and "0.400 ⚑ few-samples" in markdown
+    # no autoattack run: no threat-model section, the board is as before
+    plain, plain_probes = build_leaderboard(runs_frame([write(tmp_path, "plain", results([run("a", "fgsm", 0.5)]))]))
+    assert plain.attrs["threat_models"].empty and to_markdown(plain, plain_probes).startswith("| rank | model | defense |")
+
+
+@pytest.mark.slow
+def test_autoattack_audit_feeds_the_threat_model_leaderboard(tmp_path):
+    """``robustcheck audit --probe autoattack:epsilons=[8/255]`` on a zoo model, then ``robustcheck leaderboard``."""
+    from robustcheck.cli.main import main
+
+    db = tmp_path / "results.db"
+    for model in ("digits-mlp", "digits-mlp-robust"):
+        code = main(["audit", "--model", model, "--probe", "autoattack:epsilons=[8/255,0.1],steps=20,queries=200",
+                     "--defense", "none", "--samples", "16", "--out", str(tmp_path / model), "--results-db", str(db), "--quiet"])  # fmt: skip
+        assert code == 0
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", str(db), "--markdown", "--out", str(out)]) == 0
+    markdown = out.read_text()
+    assert markdown.startswith("## Threat model Linf, eps 8/255") and "## Threat model Linf, eps 0.1" in markdown
+    threats = build_leaderboard(runs_frame([db]))[0].attrs["threat_models"]
+    at = threats[threats["threat_model"] == "Linf, eps 0.1"].set_index("model")
+    assert at.loc["digits-mlp-robust", "rank"] == 1 and at.loc["digits-mlp-robust", "robust_accuracy"] > at.loc["digits-mlp", "robust_accuracy"]
+
+
+def test_model_cards_load_from_toml_with_one_line_errors(tmp_path):
+    from robustcheck.reports.leaderboard import load_cards
+
+    good = tmp_path / "cards.toml"
+    good.write_text('["my-net"]\narchitecture = "ResNet-18"\nlicence = "MIT"\n')
+    assert load_cards(good) == {"my-net": {"architecture": "ResNet-18", "licence": "MIT"}}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('["my-net"]\nlicense = "MIT"\n')
+    with pytest.raises(InputError, match="unknown fields license; fields: architecture"):
+        load_cards(bad)
+    bad.write_text("not toml [")
+    with pytest.raises(InputError, match="not valid TOML"):
+        load_cards(bad)
+    with pytest.raises(InputError, match="no model-card file"):
+        load_cards(tmp_path / "missing.toml")

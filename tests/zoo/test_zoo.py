@@ -15,7 +15,7 @@ from robustcheck.zoo import ZOO, load_zoo_model
 
 @pytest.mark.parametrize(
     ("name", "data", "shape"),
-    [("digits-mlp", "digits", (1, 8, 8)), ("digits-cnn", "digits-rgb32", (3, 32, 32))],
+    [("digits-mlp", "digits", (1, 8, 8)), ("digits-cnn", "digits-rgb32", (3, 32, 32)), ("digits-mlp-robust", "digits", (1, 8, 8))],
 )
 def test_shipped_weights_are_accurate_on_held_out_data(
     name: str, data: str, shape: tuple[int, int, int]
@@ -29,6 +29,24 @@ def test_shipped_weights_are_accurate_on_held_out_data(
     model.validate(test.x)
     accuracy = (model.predict(test.x).argmax(1) == test.y).float().mean().item()
     assert accuracy >= 0.95, f"{name} accuracy {accuracy:.4f} on {data}"
+
+
+def test_adversarially_trained_model_resists_pgd_where_the_plain_one_breaks() -> None:
+    """digits-mlp-robust (PGD training at Linf 0.15) keeps most of its accuracy under 20-step PGD at 0.1, where the
+    plainly trained digits-mlp loses most of it: a model on which strong and weak attacks differ."""
+    from robustcheck.plugins import create_probe
+
+    data = load_data("digits").head(200)
+    probe = create_probe("pgd-linf", epsilons=[0.1], steps=20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds contention
+    try:
+        robust = probe(load_model("digits-mlp-robust"), data, seed=0, batch_size=200).metrics["robust_accuracy"]["0.1"]
+        plain = probe(load_model("digits-mlp"), data, seed=0, batch_size=200).metrics["robust_accuracy"]["0.1"]
+    finally:
+        torch.set_num_threads(threads)
+    assert robust >= 0.8 and plain <= 0.4, (robust, plain)
+    assert ZOO["digits-mlp-robust"].adversarial is not None and ZOO["digits-mlp"].adversarial is None
 
 
 def test_zoo_model_is_in_eval_mode_and_weights_are_replaceable(tmp_path: Path) -> None:
