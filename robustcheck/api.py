@@ -104,6 +104,8 @@ class ProbeResult:
         tables: small tables for the report (e.g. a comparison with a baseline).
         status: ``ok``, ``timeout`` (budget spent; metrics cover what finished) or ``error``.
         message: the error or timeout explanation.
+        adversarials: for attacks, one image per record ``(N, C, H, W)`` (CPU): the adversarial at the sample's
+            ``min_epsilon`` where one fooled it, else the clean image (``--save-adversarials`` writes them).
     """
 
     score: float | None
@@ -115,6 +117,7 @@ class ProbeResult:
     message: str = ""
     seed: int = 0
     seconds: float = 0.0
+    adversarials: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -123,6 +126,13 @@ class ProbeResult:
             if not math.isfinite(self.score) or not 0.0 <= self.score <= 1.0 + 1e-9:
                 raise ValueError(f"score must lie in [0, 1], got {self.score}")
             self.score = min(float(self.score), 1.0)
+
+
+def concat_adversarials(parts: Sequence[ProbeResult]) -> torch.Tensor | None:
+    """The ``adversarials`` of consecutive shard results, in order (``None`` unless every shard has them)."""
+    if not parts or any(p.adversarials is None for p in parts):
+        return None
+    return torch.cat([p.adversarials for p in parts if p.adversarials is not None])
 
 
 @dataclass

@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--ray-address", help="join this Ray cluster ('auto', 'ray://head:10001'); default: start a local Ray instance")
     audit.add_argument("--resume", action="store_true", help="reuse runs already finished in the output folder")
     audit.add_argument("--threads", type=int, help="torch CPU threads (default: the CPUs available, at most 2; 1 on a busy machine)")
+    audit.add_argument("--save-adversarials", action="store_true", help="write each attack run's adversarial examples (with labels and predictions) to OUT/adversarials/RUN_ID.npz")
     audit.add_argument("--device", help="where models run: auto (default: a GPU where there is one), cpu, cuda, cuda:N or mps")
     audit.add_argument("--quiet", action="store_true", help="no progress bars or summary table (the verdict line on stderr stays)")
 
@@ -361,6 +362,7 @@ def _cli_options(args: argparse.Namespace) -> dict[str, Any]:
         "shards": args.shards,
         "threads": args.threads,
         "device": args.device,
+        "save_adversarials": args.save_adversarials or None,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -371,7 +373,7 @@ def run_audit(plan: Any, *, resume: bool = False, quiet: bool = False) -> int:
     from robustcheck.threads import configure_threads
 
     configure_threads(plan.threads)  # once per audit, before any parallel work
-    runner = Runner(plan.out, resume=resume, quiet=quiet)
+    runner = Runner(plan.out, resume=resume, quiet=quiet, save_adversarials=plan.save_adversarials)
     try:  # Ctrl-C while models load or outputs are written is an interruption too, not a traceback
         executor = plan.make_executor()
         specs = plan.specs(runner)

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcheck.api import Artifact, Probe, ProbeResult, RunContext
+from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, concat_adversarials
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, ProbeTimeout, UsageError
 from robustcheck.models.classifier import ImageClassifier
@@ -131,8 +131,20 @@ class FoolboxAttack(Probe):
         adaptive = bool(self.adaptive) if context.bare_model is not None else None
         metrics = self._metrics(records, disagreements, adaptive)
         metrics["bounds"] = list(model.bounds)
-        artifacts = self._examples(model, data, records, torch.cat(clipped_parts, dim=1), epsilons)
-        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+        clipped = torch.cat(clipped_parts, dim=1)
+        artifacts = self._examples(model, data, records, clipped, epsilons)
+        return ProbeResult(
+            metrics["auc"], metrics, records, artifacts, status=status, message=message,
+            adversarials=self._at_min_epsilon(data, records, clipped),
+        )  # fmt: skip
+
+    def _at_min_epsilon(self, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor) -> torch.Tensor:
+        """Per record, the adversarial ``(C, H, W)`` at its ``min_epsilon`` where one fooled it, else the clean image."""
+        images = data.x[: len(records)].clone()
+        for position, (eps, correct) in enumerate(zip(records["min_epsilon"], records["correct"], strict=True)):
+            if correct and pd.notna(eps):  # NaN: never fooled
+                images[position] = clipped[self.epsilons.index(float(eps)), position]
+        return images
 
     def _metrics(self, records: pd.DataFrame, disagreements: int, adaptive: bool | None) -> dict[str, Any]:
         """Every metric, from the per-sample records alone (so shards merge exactly).
@@ -180,7 +192,9 @@ class FoolboxAttack(Probe):
         artifacts = [a for p in parts for a in p.artifacts][: self.examples]
         timeouts = [p.message for p in parts if p.status == "timeout"]
         status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
-        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+        return ProbeResult(
+            metrics["auc"], metrics, records, artifacts, status=status, message=message, adversarials=concat_adversarials(parts)
+        )
 
     def _attack(
         self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None

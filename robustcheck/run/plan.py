@@ -14,6 +14,7 @@ Config file (every key optional; command-line options override)::
     shards = 4                # split each run of a shardable probe into 4 sample shards (parallel on ray)
     threads = 1               # torch CPU threads (default: the CPUs available, at most 2; 1 on a busy machine)
     device = "auto"           # auto (a GPU where there is one), cpu, cuda, cuda:N or mps
+    save_adversarials = true  # OUT/adversarials/<run_id>.npz per attack run
     models = ["digits-cnn", { source = "pkg.mod:factory", bounds = [0, 1], labels = ["a", "b"] }]
     defenses = ["none", "bit-depth:bits=3"]
 
@@ -49,7 +50,7 @@ from robustcheck.run.ray import create_executor
 from robustcheck.run.runner import Runner, RunSpec
 
 TOP_KEYS = {"seed", "samples", "out", "data", "fail_under", "budget", "batch_size", "models", "probes", "defenses", "results_db",
-            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards", "threads", "device"}  # fmt: skip
+            "executor", "ray_address", "ray_task_cpus", "ray_task_gpus", "shards", "threads", "device", "save_adversarials"}  # fmt: skip
 MODEL_KEYS = {"source", *ADAPTER_OPTIONS, *LOAD_OPTIONS}  # a model table: where it comes from, its adapter and loading options
 PROBE_KEYS = {"name", "params", "fail_under"}
 
@@ -91,6 +92,7 @@ class AuditPlan:
     shards: int = 1  # sample shards per run of probes that can merge them (Probe.shardable)
     threads: int | None = None  # torch CPU threads (None: robustcheck.threads.default_threads)
     device: str = "auto"  # where runs execute (robustcheck.devices), resolved where each run executes
+    save_adversarials: bool = False  # OUT/adversarials/<run_id>.npz for every attack run
 
     def __post_init__(self) -> None:
         """A model, probe or defense given twice runs once (the first occurrence keeps its place); the device
@@ -158,6 +160,7 @@ class AuditPlan:
             shards=_positive_int(values.get("shards", 1), "shards"),
             threads=_positive_int(values["threads"], "threads") if values.get("threads") is not None else None,
             device=values.get("device") or "auto",
+            save_adversarials=bool(values.get("save_adversarials", False)),
         )
 
     def threshold(self, probe: str) -> float:
@@ -235,6 +238,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     for key in ("fail_under", "budget", "ray_task_cpus", "ray_task_gpus"):
         if key in values and not isinstance(values[key], (int, float)):
             raise UsageError(f"{path}: {key!r} must be a number, got {values[key]!r}")
+    if "save_adversarials" in values and not isinstance(values["save_adversarials"], bool):
+        raise UsageError(f"{path}: 'save_adversarials' must be true or false, got {values['save_adversarials']!r}")
     if "seed" in values and (not isinstance(values["seed"], int) or isinstance(values["seed"], bool)):
         raise UsageError(f"{path}: 'seed' must be an integer, got {values['seed']!r}")
     for key in ("out", "data", "executor", "ray_address", "device"):

@@ -21,6 +21,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from rich.markup import escape
@@ -203,11 +204,16 @@ class Runner:
         out_dir: output folder (``None``: keep nothing on disk).
         resume: reuse runs already stored in ``out_dir`` (else the store is cleared first).
         quiet: no progress bars.
+        save_adversarials: write each attack run's adversarial examples to ``out_dir/adversarials/<run_id>.npz``
+            as the run finishes (:func:`save_adversarials`).
     """
 
-    def __init__(self, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self, out_dir: str | Path | None = None, *, resume: bool = False, quiet: bool = False, save_adversarials: bool = False
+    ) -> None:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.quiet = quiet
+        self.save_adversarials = save_adversarials
         self.store = RunStore(self.out_dir / "runs.sqlite") if self.out_dir is not None else None
         if self.store is not None and not resume:
             self.store.clear()
@@ -425,6 +431,8 @@ class Runner:
         if self.store is not None:
             spec = dataclasses.asdict(outcome.spec)
             self.store.save(outcome.spec.run_id, spec, outcome.to_json(), outcome.result.records, outcome.result.artifacts)
+        if self.save_adversarials and self.out_dir is not None and outcome.spec.shard is None:
+            save_adversarials(outcome, self.out_dir / "adversarials" / f"{outcome.spec.run_id}.npz")
 
     # -- outputs -------------------------------------------------------------------------------
     def results(
@@ -467,6 +475,36 @@ class Runner:
             hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
             ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)
         return results
+
+
+def save_adversarials(outcome: RunOutcome, path: Path) -> Path | None:
+    """Write the adversarial examples of an attack run as ``.npz`` (``None`` where the probe made none).
+
+    One entry per correctly classified sample an attack fooled: ``adversarial`` ``(N, C, H, W)`` float32 in the
+    model's bounds (at the sample's smallest breaking epsilon), ``epsilon``, ``label``, ``prediction`` (clean),
+    ``adv_prediction``, ``index`` (position in the run's samples) and ``dataset_index``; ``run_id`` and ``probe``
+    as strings.
+    """
+    result = outcome.result
+    records = result.records
+    if result.adversarials is None or not len(records) or "min_epsilon" not in records.columns:
+        return None
+    fooled = (records["correct"].astype(bool) & records["min_epsilon"].notna()).to_numpy()
+    dataset_index = _dataset_index(records, outcome.indices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path,
+        adversarial=result.adversarials.numpy()[fooled].astype(np.float32),
+        epsilon=records["min_epsilon"].to_numpy(float)[fooled],
+        label=records["label"].to_numpy()[fooled],
+        prediction=records["prediction"].to_numpy()[fooled],
+        adv_prediction=records["adv_prediction"].to_numpy()[fooled],
+        index=records["index"].to_numpy()[fooled],
+        dataset_index=(dataset_index.to_numpy() if dataset_index is not None else records["index"].to_numpy())[fooled],
+        run_id=np.array(outcome.spec.run_id),
+        probe=np.array(outcome.spec.probe.name),
+    )
+    return path
 
 
 def records_table(outcomes: Sequence[RunOutcome]) -> pd.DataFrame:

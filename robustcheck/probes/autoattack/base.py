@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustcheck.api import Artifact, Probe, ProbeResult, RunContext
+from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, concat_adversarials
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import ProbeTimeout, UsageError
 from robustcheck.models.classifier import ImageClassifier
@@ -155,8 +155,9 @@ class ThreatModelProbe(Probe):
         records = pd.DataFrame(rows)
         metrics = self.metrics(records)
         metrics["bounds"] = list(model.bounds)
-        artifacts = self._examples(model, data, records, torch.cat(shown))
-        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+        adversarials = torch.cat(shown)
+        artifacts = self._examples(model, data, records, adversarials)
+        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message, adversarials=adversarials)
 
     def _attack_batch(
         self, model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, offset: int, generator: torch.Generator, context: RunContext
@@ -298,7 +299,9 @@ class ThreatModelProbe(Probe):
         artifacts = [a for p in parts for a in p.artifacts][: self.examples]
         timeouts = [p.message for p in parts if p.status == "timeout"]
         status, message = ("timeout", "; ".join(timeouts)) if timeouts else ("ok", "")
-        return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message)
+        return ProbeResult(
+            metrics["auc"], metrics, records, artifacts, status=status, message=message, adversarials=concat_adversarials(parts)
+        )
 
     def _examples(self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, shown: torch.Tensor) -> list[Artifact]:
         """Clean vs adversarial (at the smallest breaking epsilon) for the first fooled samples."""
