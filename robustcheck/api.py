@@ -128,6 +128,28 @@ class ProbeResult:
             self.score = min(float(self.score), 1.0)
 
 
+def check_epsilon_range(
+    probe: str, model: ImageClassifier, norm: str, epsilons: Sequence[float], shape: Sequence[int] | None
+) -> None:
+    """Refuse ``epsilons`` (``norm`` ``"linf"`` or ``"l2"``) larger than any perturbation within ``model.bounds``
+    can be; an L2 radius is judged only when the input ``shape`` ``(C, H, W)`` is known."""
+    low, high = model.bounds
+    span = high - low
+    if norm == "linf":
+        limit, why = span, f"an Linf epsilon above high - low = {span:g} is meaningless"
+    elif shape is not None:
+        limit = span * math.sqrt(math.prod(int(d) for d in shape))
+        why = f"an L2 radius above (high - low) * sqrt(C*H*W) = {limit:g} for inputs {tuple(int(d) for d in shape)} is meaningless"
+    else:
+        return
+    too_large = [eps for eps in epsilons if eps > limit * (1 + 1e-9)]
+    if too_large:
+        raise UsageError(
+            f"probe {probe!r}: epsilon {too_large[0]:g} is outside the range of model {model.name!r} "
+            f"(bounds [{low:g}, {high:g}]): {why}; use epsilons <= {limit:g}"
+        )
+
+
 def concat_adversarials(parts: Sequence[ProbeResult]) -> torch.Tensor | None:
     """The ``adversarials`` of consecutive shard results, in order (``None`` unless every shard has them)."""
     if not parts or any(p.adversarials is None for p in parts):

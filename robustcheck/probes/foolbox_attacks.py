@@ -26,7 +26,6 @@ before the run.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -36,9 +35,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, concat_adversarials
+from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, check_epsilon_range, concat_adversarials
 from robustcheck.data.dataset import ImageDataset
-from robustcheck.errors import InputError, ProbeTimeout, UsageError
+from robustcheck.errors import InputError, ProbeTimeout
 from robustcheck.models.classifier import ImageClassifier
 from robustcheck.ops.metrics import epsilon_key, normalized_auc, robust_accuracy_curve
 from robustcheck.params import Param
@@ -77,21 +76,7 @@ class FoolboxAttack(Probe):
 
     def check_epsilons(self, model: ImageClassifier, shape: Sequence[int] | None) -> None:
         """Refuse epsilons larger than any perturbation within ``model.bounds`` can be (``shape``: ``(C, H, W)``)."""
-        low, high = model.bounds
-        span = high - low
-        if self.norm == "linf":
-            limit, why = span, f"an Linf epsilon above high - low = {span:g} is meaningless"
-        elif shape is not None:
-            limit = span * math.sqrt(math.prod(int(d) for d in shape))
-            why = f"an L2 radius above (high - low) * sqrt(C*H*W) = {limit:g} for inputs {tuple(int(d) for d in shape)} is meaningless"
-        else:
-            return
-        too_large = [eps for eps in self.epsilons if eps > limit * (1 + 1e-9)]
-        if too_large:
-            raise UsageError(
-                f"probe {self.name!r}: epsilon {too_large[0]:g} is outside the range of model {model.name!r} "
-                f"(bounds [{low:g}, {high:g}]): {why}; use epsilons <= {limit:g}"
-            )
+        check_epsilon_range(self.name, model, self.norm, self.epsilons, shape)
 
     # -- running -------------------------------------------------------------------------------
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
