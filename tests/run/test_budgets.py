@@ -43,6 +43,7 @@ def test_one_endless_attack_batch_stops_at_the_budget() -> None:
 
 
 def test_a_timeout_keeps_the_metrics_of_the_finished_batches() -> None:
+    run_timed(model="digits-mlp", probe="pgd-linf", params={"steps": 1}, samples=4)  # foolbox's first import is slow
     result, elapsed = run_timed(
         model="digits-mlp", probe="pgd-linf", params={"steps": 40}, samples=400, batch_size=4, budget_s=3.0
     )  # 100 batches of about 0.1 s each on an idle machine: some finish, not all
