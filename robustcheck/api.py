@@ -180,12 +180,34 @@ class RunContext:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise ProbeTimeout("time budget spent")
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: float) -> None:
+        """Tell the progress bar that ``n`` more samples are done (fractions move it inside a batch)."""
         if self.progress is not None:
             self.progress(n)
 
+    def batch_progress(self, size: int) -> BatchProgress:
+        """The progress bar's share of a batch of ``size`` samples, to advance in parts while it is attacked."""
+        return BatchProgress(self, size)
+
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
+
+
+class BatchProgress:
+    """The progress bar's share of one batch of ``size`` samples: :meth:`part` moves it while the batch is
+    worked on (so a slow batch does not sit at zero), :meth:`finish` completes it."""
+
+    def __init__(self, context: RunContext, size: int) -> None:
+        self.context, self.size, self.shown = context, size, 0.0
+
+    def part(self, fraction: float) -> None:
+        step = min(fraction * self.size, self.size - self.shown)
+        self.shown += step
+        self.context.advance(step)
+
+    def finish(self) -> None:
+        self.context.advance(self.size - self.shown)
+        self.shown = float(self.size)
 
 
 class Plugin:

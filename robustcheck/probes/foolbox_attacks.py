@@ -35,7 +35,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, check_epsilon_range, concat_adversarials
+from robustcheck.api import (
+    Artifact,
+    BatchProgress,
+    Probe,
+    ProbeResult,
+    RunContext,
+    check_epsilon_range,
+    concat_adversarials,
+)
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, ProbeTimeout
 from robustcheck.models.classifier import ImageClassifier
@@ -94,7 +102,7 @@ class FoolboxAttack(Probe):
                 break
             x = data.x[start : start + context.batch_size]
             y = data.y[start : start + context.batch_size]
-            shown = _ProgressShare(context, len(x))
+            shown = context.batch_progress(len(x))
             try:
                 clipped, fb_success = self._attack(surrogate, x, y, shown)
             except ProbeTimeout as exc:  # the budget ran out inside the attack: keep the finished batches
@@ -182,7 +190,7 @@ class FoolboxAttack(Probe):
         )
 
     def _attack(
-        self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None
+        self, surrogate: ImageClassifier, x: torch.Tensor, y: torch.Tensor, shown: BatchProgress | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Craft adversarials on ``surrogate``: ``(num_eps, B, C, H, W)`` clipped images and foolbox's success
         flags; ``shown`` advances the progress bar as the epsilons finish."""
@@ -226,7 +234,7 @@ class FoolboxAttack(Probe):
         return (grad.detach().flatten(1) == 0).all(dim=1).cpu().numpy()
 
     def _run_attack(
-        self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None
+        self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, shown: BatchProgress | None = None
     ) -> tuple[list[torch.Tensor], Any]:
         """Per-epsilon clipped adversarials and success flags. A fixed-epsilon attack runs one epsilon per
         foolbox call (what foolbox itself does in one call, in the same order, so the random draws are the
@@ -305,23 +313,6 @@ class FoolboxAttack(Probe):
                 )
             )
         return artifacts
-
-
-class _ProgressShare:
-    """The progress bar's share of one batch of ``size`` samples, advanced in parts while the batch is
-    attacked (so a slow batch does not sit at zero) and completed by :meth:`finish`."""
-
-    def __init__(self, context: RunContext, size: int) -> None:
-        self.context, self.size, self.shown = context, size, 0.0
-
-    def part(self, fraction: float) -> None:
-        step = min(fraction * self.size, self.size - self.shown)
-        self.shown += step
-        self.context.advance(step)
-
-    def finish(self) -> None:
-        self.context.advance(self.size - self.shown)
-        self.shown = float(self.size)
 
 
 class MeanLogits(nn.Module):
@@ -451,7 +442,7 @@ class Boundary(FoolboxAttack):
         return fb.attacks.BoundaryAttack(steps=self.steps)
 
     def _run_attack(
-        self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, shown: _ProgressShare | None = None
+        self, fb: Any, fmodel: Any, x: torch.Tensor, y: torch.Tensor, shown: BatchProgress | None = None
     ) -> tuple[list[torch.Tensor], Any]:
         """foolbox's BoundaryAttack raises ValueError for the whole batch when its random-noise
         initialisation finds no adversarial start for some sample (and warns first). Run that same
