@@ -8,6 +8,7 @@ overrun of the timeout, next to the counts alpha-beta-CROWN and nnenum decided o
 Usage::
 
     python benchmarks/bench_vnncomp.py [--per-network 4] [--timeout 60] [--benchmark eran] [--network NAME]
+                                       [--decided-only]
 
 Without ``--timeout`` every instance gets the competition's timeout (300-720 s: the whole set takes hours).
 ``--per-network N`` picks N instances per network spread over its rows, for quick runs. Exit status 1 if any
@@ -21,8 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-from robustcheck.verifiers import vnncomp
-from robustcheck.verifiers.engine import Options
+from robustcheck.threads import prefer_passive_waiting
+
+prefer_passive_waiting()  # before torch loads: idle OpenMP threads must sleep on a shared machine
+
+from robustcheck.verifiers import vnncomp  # noqa: E402
+from robustcheck.verifiers.engine import Options  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnncomp2021" / "instances.csv"
 
@@ -34,8 +39,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, help="seconds per instance (default: the CSV's)")
     parser.add_argument("--benchmark", action="append", help="only this benchmark (repeatable)")
     parser.add_argument("--network", action="append", help="only this network, by ONNX stem (repeatable)")
+    parser.add_argument("--decided-only", action="store_true",
+                        help="only instances with a reference verdict (holds / violated)")  # fmt: skip
     parser.add_argument("--engine", choices=["z3", "milp"], default="z3", help="exact solver on the leaves")
     parser.add_argument("--results-dir", help="write VNN-COMP result files here")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for the bounds (default: the "
+                        "machine's share; 1 on a busy machine)")  # fmt: skip
     return parser.parse_args()
 
 
@@ -44,8 +53,11 @@ def main() -> int:
     if not Path(args.instances).exists():
         print(f"no instances file at {args.instances}: the dev set is not on this machine")
         return 0
-    chosen = vnncomp.select(vnncomp.read_instances(args.instances), args.benchmark, args.network, args.per_network)
-    options = Options(engine=args.engine, semantics="real")
+    instances = vnncomp.read_instances(args.instances)
+    if args.decided_only:
+        instances = [i for i in instances if i.reference in ("holds", "violated")]
+    chosen = vnncomp.select(instances, args.benchmark, args.network, args.per_network)
+    options = Options(engine=args.engine, semantics="real", threads=args.threads)
     began = time.monotonic()
 
     def report(r: vnncomp.InstanceResult) -> None:

@@ -1,7 +1,9 @@
 """The verification engine: attack, then bounds, then an exact solver on the residual, per property.
 
 1. **Attack** (stage ``attack``): PGD inside the input box (plus the manipulation grid points when there are
-   few) on the *float32* model; any point that violates the property there is a counterexample.
+   few) on the *float32* model; any point that violates the property there is a counterexample. When the
+   bounds (stage 2) leave a disjunct open, a second, wider PGD (more restarts and steps, halving step size,
+   at most ``strong_share`` of the time left) runs before the solver.
 2. **Bounds** (stage ``bounds``): interval + CROWN bounds on every pre-activation; a disjunct ``A y <= c`` is
    impossible when some row's lower bound exceeds ``c + tol``, where ``tol = |A| err`` and ``err`` bounds the
    float32 model's deviation from the real-valued network (:func:`~robustcheck.verifiers.rounding.float32_error`).
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,8 +48,9 @@ STATUSES = ("safe", "unsafe", "unknown", "error")
 ENGINES = ("z3", "milp")
 _TIMEOUT = "per-property timeout"
 #: multiply-adds per alpha-CROWN step above which intermediate bounds keep CROWN's slopes (only the output's are
-#: optimised): a 9x200 MLP is far below, the oval21 conv nets far above
-INTERMEDIATE_ALPHA_COST = 200_000_000
+#: optimised): the 9x200 MLP (~0.8e9; 20 steps in ~5 s on one core, its hard instances' bounds halve) is below,
+#: the oval21 conv nets (> 4e9) above
+INTERMEDIATE_ALPHA_COST = 1_500_000_000
 _BOUNDARY = "boundary: violations exist only within float rounding of the decision boundary"
 
 
@@ -81,6 +84,11 @@ class Options:
     leaf_unstable: int = 0
     #: random points (half of them box corners) tried before PGD
     samples: int = 256
+    #: second attack, run only when the bounds leave a disjunct open: restarts, steps (halving step size) and
+    #: the share of the time left it may take
+    strong_restarts: int = 31
+    strong_steps: int = 100
+    strong_share: float = 0.1
     #: threads for the bound computations (0: the machine's default share)
     threads: int = 0
 
@@ -324,11 +332,12 @@ def round_into_box(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, dtype: Any = n
 # Stage 1: attack
 # ---------------------------------------------------------------------------------------------------------------
 def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.ndarray | None, deadline: float,
-               extra_points: np.ndarray | None = None) -> np.ndarray | None:  # fmt: skip
+               extra_points: np.ndarray | None = None, decay: bool = False) -> np.ndarray | None:  # fmt: skip
     """PGD (sign steps of ``2.5 * width / pgd_steps``) minimising :func:`violation` over the box ``prop.lo`` /
     ``prop.hi`` ``(n,)``, from ``start`` ``(n,)`` (default the centre) and ``pgd_restarts`` uniform points;
     ``extra_points`` ``(P, n)`` (the manipulation grid) are checked first. Returns a flat counterexample,
-    rounded into the box in the model's precision and re-validated on the model, or ``None``."""
+    rounded into the box in the model's precision and re-validated on the model, or ``None``. With ``decay``
+    the step halves after each third of the steps (coarse moves first, then fine ones near a box face)."""
     lo, hi = prop.lo, prop.hi
     if extra_points is not None and len(extra_points):
         points = round_into_box(extra_points, lo, hi, _np_dtype(model))
@@ -360,7 +369,7 @@ def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.nd
     ]
     if not specs:
         return round_into_box(x[0].detach().numpy(), lo, hi, _np_dtype(model))
-    for _ in range(steps + 1):
+    for i in range(steps + 1):
         x = x.detach().requires_grad_(True)
         y = model.fn(x)
         per = torch.stack([(y @ s.T - r).max(dim=1).values for s, r in specs]).min(dim=0).values
@@ -374,7 +383,8 @@ def pgd_attack(model: FloatModel, prop: Property, options: Options, start: np.nd
         if time.monotonic() > deadline:
             return None
         (grad,) = torch.autograd.grad(per.sum(), x)
-        x = torch.max(torch.min(x.detach() - step_size * grad.sign(), hi_t), lo_t)
+        size = step_size * 0.5 ** min(2, (3 * i) // steps) if decay else step_size
+        x = torch.max(torch.min(x.detach() - size * grad.sign(), hi_t), lo_t)
     return None
 
 
@@ -415,6 +425,8 @@ class Engine:
             raise ValueError(f"unknown semantics {self.options.semantics!r}: use 'float32' or 'real'")
         self._z3: encoding.Z3Network | None = None
         self._state: _State | None = None
+        #: branch and bound of the current property: sub-domains bounded and leaves sent to the exact solver
+        self._bab_nodes = self._bab_leaves = 0
 
     def z3_network(self) -> encoding.Z3Network:
         """The network's exact rational weights for Z3, built on first use."""
@@ -455,6 +467,7 @@ class Engine:
                 return self._unsafe(prop, cex, "attack")
         torch.set_num_threads(opts.threads or default_threads())
         t0 = time.monotonic()
+        self._bab_nodes = self._bab_leaves = 0
         self._state = _State.build(self.net, prop, opts.bounds, deadline=deadline)
         _check_deadline(deadline)
         bounds = self._state.layer_bounds()
@@ -467,6 +480,16 @@ class Engine:
         times["bounds"] = time.monotonic() - t0
         if not residual:
             return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct")
+        if opts.use_attack and opts.strong_restarts > 0:
+            # the bounds leave something open: a longer, wider attack before the (costly) branch and bound
+            t0 = time.monotonic()
+            strong = replace(opts, pgd_restarts=opts.strong_restarts, pgd_steps=opts.strong_steps,
+                             seed=opts.seed + 1, samples=0)
+            budget = t0 + opts.strong_share * max(0.0, deadline - t0)
+            cex = pgd_attack(self.model, prop, strong, start, budget, decay=True)
+            times["attack"] = times.get("attack", 0.0) + time.monotonic() - t0
+            if cex is not None:
+                return self._unsafe(prop, cex, "attack")
         t0 = time.monotonic()
         try:
             return self._solve(prop, bounds, residual, deadline, unstable)
@@ -483,15 +506,24 @@ class Engine:
         # the real-valued network itself (hidden regions) or VNN-COMP semantics: no float32 margin in proofs,
         # only one for the float64 rounding of merged / probed weights (unit 0)
         real = self.model.dtype == torch.float64 or self.options.semantics == "real"
+        # every disjunct's rows in one pass: the error bounds are per row, and each pass walks every weight
+        specs = [spec for spec, _ in prop.disjuncts if len(spec)]
+        errors: list[np.ndarray] = []
+        tols: list[np.ndarray] = []
+        if specs:
+            stacked = np.concatenate(specs)
+            float_all = spec_error(self.net, stacked, bounds.lower, bounds.upper, magnitudes)
+            tol_all = spec_error(self.net, stacked, bounds.lower, bounds.upper, magnitudes, 0.0) if real else float_all
+            cuts = np.cumsum([len(spec) for spec in specs])[:-1]
+            errors, tols = np.split(float_all, cuts), np.split(tol_all, cuts)
         residual = []
+        row = 0
         for index, (spec, rhs) in enumerate(prop.disjuncts):
             if not len(spec):  # no output condition: violated by any input
                 residual.append(OpenDisjunct(spec, rhs, np.zeros(0), np.zeros(0), -math.inf))
                 continue
-            float_err = spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes)
-            tol = (
-                spec_error(self.net, spec, bounds.lower, bounds.upper, magnitudes, 0.0) if real else float_err
-            )
+            float_err, tol = errors[row], tols[row]
+            row += 1
             lower = state.output_lower(index, spec)
             if not np.any(lower > rhs + tol):
                 residual.append(OpenDisjunct(spec, rhs, tol, float_err, float(np.max(lower - rhs)), index))
@@ -541,6 +573,8 @@ class Engine:
         options = bab.BabOptions(batch=opts.bab_batch, iterations=opts.bab_iterations, leaf_unstable=opts.leaf_unstable)
         result = bab.branch_and_bound(state.tnet, state.root, spec, rhs, began + seconds, options,
                                       state.alphas_for(index), leaf, point_check)  # fmt: skip
+        self._bab_nodes += result.nodes
+        self._bab_leaves += result.leaves
         return encoding.QueryResult(result.status, result.x, time.monotonic() - began, opts.engine,
                                     result.nodes, result.leaves, message=result.message)  # fmt: skip
 
@@ -568,7 +602,18 @@ class Engine:
             return Outcome(
                 "unknown", stage, unstable=unstable, message="; ".join(dict.fromkeys(notes)), queries=queries
             )
-        if stage == "z3":
+        if self.options.branching:
+            # say what closed the sub-domains: the float64 bounds (sound with their rounding allowance) and, on
+            # the leaves, the exact solver
+            message = (f"branch and bound closes every open disjunct: {self._bab_nodes} sub-domains bounded in float64 "
+                       f"(rounding allowance included), {self._bab_leaves} leaves decided by ")  # fmt: skip
+            if stage == "z3":
+                message += "z3 (exact rationals)"
+            elif self.options.confirm_milp:
+                message += "HiGHS, each confirmed by z3"
+            else:
+                message += "HiGHS (floating-point MILP)" + ("; not an exact proof" if self._bab_leaves else "")
+        elif stage == "z3":
             message = "z3 proves every open disjunct"
         elif self.options.confirm_milp:
             message = "HiGHS finds every open disjunct infeasible, each confirmed by z3"

@@ -238,8 +238,9 @@ def test_verdicts_agree_with_activation_pattern_enumeration_and_grid_search(seed
         assert outcome.status == ("safe" if truth_safe else "unsafe"), (bounds, engine, minima, outcome)
         if outcome.status == "unsafe":
             assert violates(prop, net.forward(outcome.counterexample[None]))[0]
-        if outcome.status == "safe" and outcome.stage == "milp":
-            # a HiGHS infeasibility is no exact proof: labelled so, unless Z3 confirmed it
+        if outcome.status == "safe" and outcome.stage == "milp" and " 0 leaves" not in outcome.message:
+            # a HiGHS infeasibility is no exact proof: labelled so, unless Z3 confirmed it (no leaf reached
+            # HiGHS: the float64 bounds, with their rounding allowance, closed every sub-domain)
             assert ("not an exact proof" in outcome.message) != confirm
             assert ("confirmed by z3" in outcome.message) == confirm
 
