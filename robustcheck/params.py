@@ -29,12 +29,17 @@ _PAIRS = re.compile(r"^[A-Za-z_][\w-]*=")
 
 def _split_top_level(text: str) -> list[str]:
     """Split on commas outside brackets and quotes: ``a=1,b=[1,2]`` -> ``["a=1", "b=[1,2]"]``."""
-    parts, depth, start, quoted = [], 0, 0, False
+    parts, depth, start, quoted, escaped = [], 0, 0, False, False
     for i, ch in enumerate(text):
-        if ch == '"' and (i == 0 or text[i - 1] != "\\"):
-            quoted = not quoted
-        elif quoted:
-            continue
+        if quoted:  # inside a JSON string: a backslash escapes the next character (an escaped backslash too)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
         elif ch in "[(":
             depth += 1
         elif ch in "])":

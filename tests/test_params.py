@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from robustcheck.errors import UsageError
@@ -61,6 +61,7 @@ _VALUES = st.recursive(
     name=st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True),
     params=st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), _VALUES, max_size=4),
 )
+@example(name="a", params={"_": ["\\", None]})  # a string ending in an escaped backslash, then more items
 def test_format_spec_round_trips(name, params):
     assert parse_spec(format_spec(name, params)) == (name, params)
     spec = PluginSpec("probe", name, params)
