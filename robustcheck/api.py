@@ -32,6 +32,7 @@ from robustcheck.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET_S
 from robustcheck.errors import ProbeTimeout, RequirementError, UsageError
 from robustcheck.jsonutil import json_default
 from robustcheck.models.classifier import ImageClassifier
+from robustcheck.ops.metrics import epsilon_key
 from robustcheck.params import Param, PluginSpec, declared_params, infer_param, resolve
 from robustcheck.seeding import seed_everything
 
@@ -148,6 +149,32 @@ def check_epsilon_range(
             f"probe {probe!r}: epsilon {too_large[0]:g} is outside the range of model {model.name!r} "
             f"(bounds [{low:g}, {high:g}]): {why}; use epsilons <= {limit:g}"
         )
+
+
+def adversarial_examples(
+    model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, adversarials: torch.Tensor, limit: int
+) -> list[Artifact]:
+    """Report cards for the first ``limit`` fooled samples of an attack: clean, adversarial (at the smallest
+    breaking epsilon; ``adversarials`` has one image per record) and the perturbation scaled to be seen."""
+    fooled = records[records["correct"] & records["min_epsilon"].notna()].head(limit)
+    artifacts = []
+    for position, row in fooled.iterrows():
+        i, eps = int(row["index"]), float(row["min_epsilon"])
+        clean, adv = data.x[i], adversarials[int(position)]
+        delta = adv - clean
+        scale = float(delta.abs().max()) or 1.0
+        artifacts.append(
+            Artifact(
+                f"sample {i} (label {model.label(int(row['label']))})",
+                [clean.numpy(), adv.numpy(), (0.5 + 0.5 * delta / scale).numpy()],
+                [
+                    f"clean: {model.label(int(row['prediction']))} ({row['confidence']:.2f})",
+                    f"eps {epsilon_key(eps)}: {model.label(int(row['adv_prediction']))} ({row['adv_confidence']:.2f})",
+                    f"perturbation x{1 / scale:.3g}",
+                ],
+            )
+        )
+    return artifacts
 
 
 def concat_adversarials(parts: Sequence[ProbeResult]) -> torch.Tensor | None:

@@ -36,18 +36,18 @@ import torch
 from torch import nn
 
 from robustcheck.api import (
-    Artifact,
     BatchProgress,
     Probe,
     ProbeResult,
     RunContext,
+    adversarial_examples,
     check_epsilon_range,
     concat_adversarials,
 )
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import InputError, ProbeTimeout
 from robustcheck.models.classifier import ImageClassifier
-from robustcheck.ops.metrics import epsilon_key, normalized_auc, robust_accuracy_curve
+from robustcheck.ops.metrics import normalized_auc, robust_accuracy_curve
 from robustcheck.params import Param
 from robustcheck.probes._foolbox import import_foolbox
 
@@ -88,7 +88,6 @@ class FoolboxAttack(Probe):
 
     # -- running -------------------------------------------------------------------------------
     def run(self, model: ImageClassifier, data: ImageDataset, context: RunContext) -> ProbeResult:
-        epsilons: list[float] = self.epsilons
         self.check_epsilons(model, data.shape)
         surrogate = context.bare_model if context.bare_model is not None and not self.adaptive else model
         rows: list[dict[str, Any]] = []
@@ -124,12 +123,11 @@ class FoolboxAttack(Probe):
         adaptive = bool(self.adaptive) if context.bare_model is not None else None
         metrics = self._metrics(records, disagreements, adaptive)
         metrics["bounds"] = list(model.bounds)
-        clipped = torch.cat(clipped_parts, dim=1)
-        artifacts = self._examples(model, data, records, clipped, epsilons)
+        adversarials = self._at_min_epsilon(data, records, torch.cat(clipped_parts, dim=1))
+        artifacts = adversarial_examples(model, data, records, adversarials, self.examples)
         return ProbeResult(
-            metrics["auc"], metrics, records, artifacts, status=status, message=message,
-            adversarials=self._at_min_epsilon(data, records, clipped),
-        )  # fmt: skip
+            metrics["auc"], metrics, records, artifacts, status=status, message=message, adversarials=adversarials
+        )
 
     def _at_min_epsilon(self, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor) -> torch.Tensor:
         """Per record, the adversarial ``(C, H, W)`` at its ``min_epsilon`` where one fooled it, else the clean image."""
@@ -289,31 +287,6 @@ class FoolboxAttack(Probe):
                 }
             )
         return held, rows
-
-    def _examples(
-        self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, clipped: torch.Tensor, epsilons: list[float]
-    ) -> list[Artifact]:
-        """Clean vs adversarial (at the smallest breaking epsilon) for the first fooled samples."""
-        fooled = records[records["correct"] & records["min_epsilon"].notna()].head(self.examples)
-        artifacts = []
-        for _, row in fooled.iterrows():
-            i, eps = int(row["index"]), float(row["min_epsilon"])
-            clean, adv = data.x[i], clipped[epsilons.index(eps), i]
-            delta = adv - clean
-            scale = float(delta.abs().max()) or 1.0
-            artifacts.append(
-                Artifact(
-                    f"sample {i} (label {model.label(int(row['label']))})",
-                    [clean.numpy(), adv.numpy(), (0.5 + 0.5 * delta / scale).numpy()],
-                    [
-                        f"clean: {model.label(int(row['prediction']))} ({row['confidence']:.2f})",
-                        f"eps {epsilon_key(eps)}: {model.label(int(row['adv_prediction']))} ({row['adv_confidence']:.2f})",
-                        f"perturbation x{1 / scale:.3g}" if scale else "perturbation",
-                    ],
-                )
-            )
-        return artifacts
-
 
 class MeanLogits(nn.Module):
     """``(B, C, H, W)`` -> the mean of ``model``'s logits ``(B, K)`` over ``draws`` forward passes.

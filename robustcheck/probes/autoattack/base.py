@@ -29,11 +29,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustcheck.api import Artifact, Probe, ProbeResult, RunContext, check_epsilon_range, concat_adversarials
+from robustcheck.api import (
+    Probe,
+    ProbeResult,
+    RunContext,
+    adversarial_examples,
+    check_epsilon_range,
+    concat_adversarials,
+)
 from robustcheck.data.dataset import ImageDataset
 from robustcheck.errors import ProbeTimeout
 from robustcheck.models.classifier import ImageClassifier
-from robustcheck.ops.metrics import epsilon_key, normalized_auc, robust_accuracy_curve
+from robustcheck.ops.metrics import normalized_auc, robust_accuracy_curve
 from robustcheck.params import Param
 from robustcheck.probes.autoattack.interface import GradientCheck, Tick
 from robustcheck.probes.autoattack.threat import lp_norm, project, round_to_8bit, within_ball
@@ -141,7 +148,7 @@ class ThreatModelProbe(Probe):
         metrics = self.metrics(records)
         metrics["bounds"] = list(model.bounds)
         adversarials = torch.cat(shown)
-        artifacts = self._examples(model, data, records, adversarials)
+        artifacts = adversarial_examples(model, data, records, adversarials, self.examples)
         return ProbeResult(metrics["auc"], metrics, records, artifacts, status=status, message=message, adversarials=adversarials)
 
     def _attack_batch(
@@ -287,25 +294,3 @@ class ThreatModelProbe(Probe):
         return ProbeResult(
             metrics["auc"], metrics, records, artifacts, status=status, message=message, adversarials=concat_adversarials(parts)
         )
-
-    def _examples(self, model: ImageClassifier, data: ImageDataset, records: pd.DataFrame, shown: torch.Tensor) -> list[Artifact]:
-        """Clean vs adversarial (at the smallest breaking epsilon) for the first fooled samples."""
-        fooled = records[records["correct"] & records["min_epsilon"].notna()].head(self.examples)
-        artifacts = []
-        for position, row in fooled.iterrows():
-            i, eps = int(row["index"]), float(row["min_epsilon"])
-            clean, adv = data.x[i], shown[int(position)]
-            delta = adv - clean
-            scale = float(delta.abs().max()) or 1.0
-            artifacts.append(
-                Artifact(
-                    f"sample {i} (label {model.label(int(row['label']))})",
-                    [clean.numpy(), adv.numpy(), (0.5 + 0.5 * delta / scale).numpy()],
-                    [
-                        f"clean: {model.label(int(row['prediction']))} ({row['confidence']:.2f})",
-                        f"eps {epsilon_key(eps)}: {model.label(int(row['adv_prediction']))} ({row['adv_confidence']:.2f})",
-                        f"perturbation x{1 / scale:.3g}",
-                    ],
-                )
-            )
-        return artifacts
