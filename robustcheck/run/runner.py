@@ -16,7 +16,7 @@ import itertools
 import json
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,10 +378,10 @@ class Runner:
         result.seed, result.seconds = spec.seed, sum(r.seconds for r in results)
         data_name = parts[0].data_name if parts[0] is not None else ""
         data = self.data_for(spec)
-        devices = ", ".join(sorted({p.device for p in parts if p is not None and p.device}))
         outcome = RunOutcome(
-            spec, result, data_name, probe.score_doc, indices=data.dataset_indices, labels=self.model_for(spec).labels, device=devices or None
-        )
+            spec, result, data_name, probe.score_doc, indices=data.dataset_indices, labels=self.model_for(spec).labels,
+            device=devices_used(p for p in parts if p is not None),
+        )  # fmt: skip
         self._save(outcome)
         return outcome
 
@@ -450,7 +450,7 @@ class Runner:
             "robustcheck_version": robustcheck.__version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seed": seed,
-            "environment": {**environment(), "device": ", ".join(sorted({o.device for o in outcomes if o.device})) or None},
+            "environment": {**environment(), "device": devices_used(outcomes)},
             "runs": runs,
         }
 
@@ -475,6 +475,11 @@ class Runner:
             hashes = {o.spec.model: weights_hash(self.model(o.spec.model)) for o in outcomes}
             ResultsDB(results_db).append(results, report=str(report.resolve()), hashes=hashes)
         return results
+
+
+def devices_used(outcomes: Iterable[RunOutcome]) -> str | None:
+    """The devices ``outcomes`` ran on, as one text (``"cpu"``, ``"cpu, cuda:0 (...)"``; ``None``: unknown)."""
+    return ", ".join(sorted({o.device for o in outcomes if o.device})) or None
 
 
 def save_adversarials(outcome: RunOutcome, path: Path) -> Path | None:
