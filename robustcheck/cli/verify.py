@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--semantics", choices=["float32", "real"], help="SAFE for the float32 model (default with --eps) "
                         "or for the real-valued network (default with --vnnlib, as in VNN-COMP)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample draw and the PGD stage (default 0)")
+    parser.add_argument("--replay-ops", type=int, default=None, metavar="N",
+                        help="replay SAFE verdicts of the float64 bounds in exact rational arithmetic when that takes "
+                        "at most N integer multiply-adds and a quarter of the time left (default 1e9; 0: never)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     ``--instances``: 1 when a verdict contradicts a reference)."""
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    if args.replay_ops is not None and args.replay_ops < 0:
+        raise UsageError(f"--replay-ops must be 0 or more, got {args.replay_ops}")
     if getattr(args, "instances", None):
         if args.vnnlib or args.eps is not None or args.samples is not None:
             raise UsageError("--instances runs the CSV's properties: do not give --vnnlib, --eps or --samples")
@@ -89,6 +94,7 @@ def _options(args: argparse.Namespace, default_semantics: str) -> Any:
         timeout=args.timeout,
         seed=args.seed,
         semantics=args.semantics or default_semantics,
+        **({} if args.replay_ops is None else {"replay_ops": args.replay_ops}),
     )
 
 
@@ -173,7 +179,8 @@ def _run_samples(args: argparse.Namespace) -> int:
     samples = 10 if args.samples is None else args.samples
     data = load_data(source).sample(samples, args.seed)  # seeded and class-stratified, like an audit
     probe = Z3Safety(
-        eps=args.eps, timeout=args.timeout, engine=args.engine, semantics=args.semantics or "float32"
+        eps=args.eps, timeout=args.timeout, engine=args.engine, semantics=args.semantics or "float32",
+        **({} if args.replay_ops is None else {"replay_ops": args.replay_ops}),
     )
     result = probe(model, data, seed=args.seed)
     for _, row in result.records.iterrows():

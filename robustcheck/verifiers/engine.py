@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from robustcheck.threads import default_threads
-from robustcheck.verifiers import bab, crown, encoding
+from robustcheck.verifiers import bab, crown, encoding, exact
 from robustcheck.verifiers.bounds import LayerBounds
 from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.rounding import spec_error
@@ -89,6 +89,9 @@ class Options:
     strong_restarts: int = 31
     strong_steps: int = 100
     strong_share: float = 0.1
+    #: replay a proof by bounds in exact rational arithmetic when it costs at most this many integer
+    #: multiply-adds (0: never); a disjunct the replay does not confirm goes to the solver
+    replay_ops: int = exact.DEFAULT_MAX_OPS
     #: threads for the bound computations (0: the machine's default share)
     threads: int = 0
 
@@ -471,15 +474,23 @@ class Engine:
         self._state = _State.build(self.net, prop, opts.bounds, deadline=deadline)
         _check_deadline(deadline)
         bounds = self._state.layer_bounds()
-        residual = self.open_disjuncts(prop, bounds)
+        closed: list[OpenDisjunct] = []
+        residual = self.open_disjuncts(prop, bounds, closed)
         unstable = bounds.num_unstable()
         if residual and opts.alpha_iterations > 0 and opts.bounds == "crown" and self._state.has_relaxation():
             self._state.optimize(residual, opts.alpha_iterations, deadline)
             bounds = self._state.layer_bounds()
-            residual = self.open_disjuncts(prop, bounds)
+            closed.clear()
+            residual = self.open_disjuncts(prop, bounds, closed)
         times["bounds"] = time.monotonic() - t0
+        how = ""
+        if closed:
+            t0 = time.monotonic()
+            reopened, how = self._replay(prop, closed, deadline)
+            times["replay"] = time.monotonic() - t0
+            residual = sorted(residual + reopened, key=lambda d: d.gap)
         if not residual:
-            return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct")
+            return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct" + how)
         if opts.use_attack and opts.strong_restarts > 0:
             # the bounds leave something open: a longer, wider attack before the (costly) branch and bound
             t0 = time.monotonic()
@@ -496,9 +507,10 @@ class Engine:
         finally:
             times[opts.engine] = time.monotonic() - t0
 
-    def open_disjuncts(self, prop: Property, bounds: LayerBounds) -> list[OpenDisjunct]:
+    def open_disjuncts(self, prop: Property, bounds: LayerBounds,
+                       closed: list[OpenDisjunct] | None = None) -> list[OpenDisjunct]:  # fmt: skip
         """The disjuncts of ``prop`` that ``bounds`` (over its box) do not exclude with the proof margin, the
-        most nearly violated first."""
+        most nearly violated first; the excluded ones are appended to ``closed`` if given."""
         state = self._state if self._state is not None and self._state.prop is prop else None
         if state is None:
             state = _State.build(self.net, prop, self.options.bounds, bounds)
@@ -525,9 +537,36 @@ class Engine:
             float_err, tol = errors[row], tols[row]
             row += 1
             lower = state.output_lower(index, spec)
+            disjunct = OpenDisjunct(spec, rhs, tol, float_err, float(np.max(lower - rhs)), index)
             if not np.any(lower > rhs + tol):
-                residual.append(OpenDisjunct(spec, rhs, tol, float_err, float(np.max(lower - rhs)), index))
+                residual.append(disjunct)
+            elif closed is not None:
+                closed.append(disjunct)
         return sorted(residual, key=lambda d: d.gap)
+
+    def _replay(self, prop: Property, closed: list[OpenDisjunct], deadline: float) -> tuple[list[OpenDisjunct], str]:
+        """Recompute the float64 proofs of ``closed`` in exact arithmetic (:mod:`~robustcheck.verifiers.exact`):
+        ``(disjuncts the replay does not confirm, what the SAFE message adds)``."""
+        if self.options.replay_ops <= 0:
+            return [], " (float64, rounding allowance included; exact replay off)"
+        if not self.net.is_relu_chain:
+            return [], " (float64, rounding allowance included; no exact replay for pooling or smooth activations)"
+        state = self._state
+        slopes = {d.index: {k: a[0].numpy() for k, a in state.alphas[d.index].items()}
+                  for d in closed if state is not None and d.index in state.alphas}  # fmt: skip
+        rows = sum(len(d.spec) * (2 if d.index in slopes else 1) for d in closed)
+        hint = self._state.layer_bounds() if state is not None else None
+        cost = exact.replay_cost(self.net, rows, hint)
+        if cost > self.options.replay_ops:
+            return [], (f" (float64, rounding allowance included; exact replay skipped: about {cost:.0e} integer "
+                        f"multiply-adds, limit {self.options.replay_ops:.0e})")  # fmt: skip
+        if cost * exact.SECONDS_PER_OP > exact.TIME_SHARE * (deadline - time.monotonic()):
+            return [], " (float64, rounding allowance included; no time left for an exact replay)"
+        replayed = exact.replay(self.net, prop.lo, prop.hi, hint)
+        reopened = [d for d in closed if not replayed.proves(d.spec, d.rhs + d.tol, slopes.get(d.index))]
+        if not reopened:
+            return [], " (replayed in exact rational arithmetic)"
+        return reopened, ""
 
     def _query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float, *,
                proof: bool = False, index: int = -1) -> encoding.QueryResult:  # fmt: skip

@@ -40,6 +40,7 @@ from robustcheck.params import Param
 from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import compute_bounds
 from robustcheck.verifiers.engine import ENGINES, Engine, FloatModel, Options, Outcome, round_into_box
+from robustcheck.verifiers.exact import DEFAULT_MAX_OPS
 from robustcheck.verifiers.extraction import from_classifier
 from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.regions import Region, linf_box, manipulation_region
@@ -80,6 +81,10 @@ class Z3Safety(Verifier):
     )
     branching = Param(True, "run Z3 inside a branch and bound over the unstable ReLUs")
     confirm_milp = Param(False, "have Z3 re-prove SAFE verdicts of the MILP engine exactly")
+    replay_ops = Param(
+        DEFAULT_MAX_OPS, "replay SAFE verdicts of the bounds in exact rational arithmetic up to this many integer "
+        "multiply-adds (0: never)", ge=0,
+    )
     examples = Param(4, "counterexample images in the report", ge=0)
 
     def check_requirements(self, model: ImageClassifier) -> None:
