@@ -7,8 +7,12 @@
    * a naive Z3 encoding (every ReLU an ``If``, no bounds, one query per competing class), capped by
      ``--naive-timeout`` seconds per property.
 2. Z3 vs MILP time on the same residual queries (the disjuncts the bounds leave open), with verdict agreement.
+3. Z3 vs HiGHS on the same branch-and-bound leaves: the engine's branch and bound (alpha-beta-CROWN bounds)
+   runs with ``--leaf-unstable`` so that sub-domains with that few open ReLUs go to the exact solver; every leaf
+   it sends is recorded and then solved by both, with verdict agreement.
 
-Usage: ``python benchmarks/bench_verify.py [--samples 4] [--eps 0.01 0.03 0.05] [--timeout 10] [--naive-timeout 5]``
+Usage: ``python benchmarks/bench_verify.py [--samples 4] [--eps 0.01 0.03 0.05] [--timeout 10] [--naive-timeout 5]
+[--leaf-unstable 8] [--max-leaves 200]``
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from robustcheck.verifiers import encoding
 from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
 from robustcheck.verifiers.engine import Engine, FloatModel, Options
 from robustcheck.verifiers.extraction import from_classifier
+from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.vnnlib import Property, robustness_property
 from robustcheck.zoo import digits_mlp
 
@@ -70,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-residual", type=int, default=6, help="residual queries timed with both solvers"
     )
+    parser.add_argument("--leaf-unstable", type=int, default=8, help="open ReLUs at which a sub-domain is a leaf")
+    parser.add_argument("--max-leaves", type=int, default=200, help="branch-and-bound leaves timed with both solvers")
     return parser.parse_args()
 
 
@@ -135,6 +142,60 @@ def time_residuals(verifier: Engine, residuals: list[tuple[Property, tuple[np.nd
         print("no residual query decided by both solvers within the timeout")
 
 
+@dataclass
+class Leaf:
+    prop: Property
+    bounds: LayerBounds
+    spec: np.ndarray
+    rhs: np.ndarray
+    splits: dict[tuple[int, int], int]
+
+
+def bab_leaves(net: Network, float_model: FloatModel, props: list[Property], leaf_unstable: int,
+               timeout: float) -> list[Leaf]:  # fmt: skip
+    """The leaves the engine's branch and bound sends to the exact solver on ``props`` (Z3 answers them)."""
+    engine = Engine(net, float_model, Options(engine="z3", timeout=timeout, leaf_unstable=leaf_unstable))
+    leaves: list[Leaf] = []
+    solve = engine._leaf_query
+
+    def recording(prop, bounds, spec, rhs, seconds, splits, proof):  # noqa: ANN001, ANN202
+        leaves.append(Leaf(prop, bounds, spec, rhs, dict(splits or {})))
+        return solve(prop, bounds, spec, rhs, seconds, splits, proof)
+
+    engine._leaf_query = recording  # type: ignore[method-assign]
+    for prop in props:
+        engine.verify(prop)
+    return leaves
+
+
+def time_leaves(net: Network, cache: encoding.Z3Network, leaves: list[Leaf], timeout: float) -> None:
+    """Z3 (exact rationals) vs HiGHS (MILP) on the same branch-and-bound leaves: decided, agreement, times."""
+    seconds: dict[str, list[float]] = {"z3": [], "milp": []}
+    decided = {"z3": 0, "milp": 0}
+    agree = both = 0
+    for leaf in leaves:
+        lo, hi = leaf.prop.lo, leaf.prop.hi
+        results = {
+            "z3": encoding.z3_query(cache, lo, hi, leaf.bounds, leaf.spec, leaf.rhs, timeout, splits=leaf.splits),
+            "milp": encoding.milp_query(net, lo, hi, leaf.bounds, leaf.spec, leaf.rhs, timeout),
+        }
+        for name, result in results.items():
+            seconds[name].append(result.seconds)
+            decided[name] += result.status != "unknown"
+        if all(r.status != "unknown" for r in results.values()):
+            both += 1
+            agree += results["z3"].status == results["milp"].status
+    unstable = [leaf.bounds.num_unstable() for leaf in leaves] or [0]
+    print(f"leaves: {len(leaves)} (open ReLUs median {np.median(unstable):.0f}, max {max(unstable)}); decided by "
+          f"both: {both}, verdicts agree: {agree}/{both}")  # fmt: skip
+    for name, times in seconds.items():
+        if times:
+            print(f"  {name:<4} decided {decided[name]:>4}  median {np.median(times) * 1e3:9.1f} ms  "
+                  f"total {sum(times):8.2f} s")  # fmt: skip
+    if seconds["milp"] and sum(seconds["milp"]) > 0:
+        print(f"  z3 / milp total time = {sum(seconds['z3']) / sum(seconds['milp']):.1f}x")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
@@ -165,6 +226,12 @@ def main() -> None:
     print_rows(rows, args.eps)
     print(f"\nresidual queries (open after CROWN): {len(residuals)}; timing the first {args.max_residual}")
     time_residuals(ours["z3"], residuals[: args.max_residual], args.timeout)
+    open_props = list(dict.fromkeys(id(prop) for prop, _ in residuals))
+    by_id = {id(prop): prop for prop, _ in residuals}
+    leaves = bab_leaves(net, float_model, [by_id[i] for i in open_props], args.leaf_unstable, args.timeout)
+    print(f"\nbranch-and-bound leaves (sub-domains with <= {args.leaf_unstable} open ReLUs) of the "
+          f"{len(open_props)} properties with residual queries; timing the first {args.max_leaves}")  # fmt: skip
+    time_leaves(net, ours["z3"].z3_network(), leaves[: args.max_leaves], args.timeout)
 
 
 if __name__ == "__main__":

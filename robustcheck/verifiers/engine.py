@@ -54,6 +54,10 @@ INTERMEDIATE_ALPHA_COST = 1_500_000_000
 _BOUNDARY = "boundary: violations exist only within float rounding of the decision boundary"
 
 
+#: what a SAFE message of the bounds adds when the exact replay confirmed every disjunct
+REPLAYED = " (replayed in exact rational arithmetic)"
+
+
 @dataclass
 class Options:
     """Engine settings: solver ``engine``, bound ``bounds`` method, per-property ``timeout`` (seconds), PGD effort,
@@ -119,6 +123,8 @@ class Outcome:
     message: str = ""
     queries: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: a SAFE of the bounds whose proof was recomputed in exact rational arithmetic
+    replayed: bool = False
 
 
 @dataclass
@@ -490,7 +496,8 @@ class Engine:
             times["replay"] = time.monotonic() - t0
             residual = sorted(residual + reopened, key=lambda d: d.gap)
         if not residual:
-            return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct" + how)
+            return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct" + how,
+                           replayed=how == REPLAYED)  # fmt: skip
         if opts.use_attack and opts.strong_restarts > 0:
             # the bounds leave something open: a longer, wider attack before the (costly) branch and bound
             t0 = time.monotonic()
@@ -565,7 +572,7 @@ class Engine:
         replayed = exact.replay(self.net, prop.lo, prop.hi, hint)
         reopened = [d for d in closed if not replayed.proves(d.spec, d.rhs + d.tol, slopes.get(d.index))]
         if not reopened:
-            return [], " (replayed in exact rational arithmetic)"
+            return [], REPLAYED
         return reopened, ""
 
     def _query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float, *,

@@ -75,15 +75,8 @@ class Dyadic:
     def __matmul__(self, other: Dyadic) -> Dyadic:
         return Dyadic(self.num @ other.num, self.exp + other.exp)
 
-    def where(self, mask: np.ndarray, other: Dyadic) -> Dyadic:
-        exp = max(self.exp, other.exp)
-        return Dyadic(np.where(mask, self.aligned(exp), other.aligned(exp)), exp)
-
     def sum(self, axis: int) -> Dyadic:
         return Dyadic(self.num.sum(axis=axis), self.exp)
-
-    def positive(self) -> np.ndarray:
-        return self.num > 0
 
     def floor(self) -> np.ndarray:
         """The largest float64 values ``<=`` each entry."""

@@ -167,6 +167,7 @@ class Z3Safety(Verifier):
             if main.counterexample is not None and main.counterexample.shape == x.shape
             else None,
             message=main.message,
+            replayed=main.replayed,
             **{f"time_{stage}": t for stage, t in main.stage_seconds.items()},
         )
         row["_counterexample"] = main.counterexample
@@ -240,6 +241,8 @@ class Z3Safety(Verifier):
         stage_counts = correct.groupby(["stage", "status"]).size() if n_correct else pd.Series(dtype=int)
         metrics = {
             "verified": share(correct["status"], "safe"),
+            # SAFE verdicts whose bound proof was recomputed in exact rational arithmetic
+            "verified_replayed": share(correct["replayed"], True) if "replayed" in correct else 0.0,
             "falsified": share(correct["status"], "unsafe"),
             "unknown": share(correct["status"], "unknown"),
             "errors": int((correct["status"] == "error").sum()),

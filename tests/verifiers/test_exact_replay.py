@@ -139,3 +139,18 @@ def test_a_disjunct_the_replay_does_not_confirm_goes_to_the_solver(monkeypatch: 
     outcome = Engine(net, FloatModel.from_network(net), Options(timeout=30, semantics="real")).verify(prop)
     assert outcome.status == "safe" and outcome.stage == "z3"
     assert "replayed" not in outcome.message
+
+
+def test_z3_safety_counts_the_verdicts_the_replay_confirmed() -> None:
+    from robustcheck.data.builtin import digits
+    from robustcheck.verifiers.z3_safety import Z3Safety
+    from robustcheck.zoo import digits_mlp
+
+    data = digits().sample(6, 0)
+    on = Z3Safety(eps=0.02)(digits_mlp(), data, seed=0)
+    safe = on.records["status"] == "safe"
+    assert safe.any() and on.records.loc[safe & (on.records["stage"] == "bounds"), "replayed"].all()
+    correct = int(on.records["correct"].sum())
+    assert on.metrics["verified_replayed"] == pytest.approx(on.records["replayed"].eq(True).sum() / correct)
+    off = Z3Safety(eps=0.02, replay_ops=0)(digits_mlp(), data, seed=0)
+    assert off.metrics["verified"] == on.metrics["verified"] and off.metrics["verified_replayed"] == 0.0
