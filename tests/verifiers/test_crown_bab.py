@@ -16,7 +16,7 @@ from helpers import SHARED_DATA
 from robustcheck.data.builtin import digits
 from robustcheck.verifiers import bab, crown, encoding, vnncomp
 from robustcheck.verifiers.bounds import LayerBounds, crown_bounds
-from robustcheck.verifiers.engine import Engine, FloatModel, Options
+from robustcheck.verifiers.engine import Engine, FloatModel, Options, auto_batch
 from robustcheck.verifiers.extraction import from_classifier
 from robustcheck.verifiers.network import Activation, Affine, MaxPool, Network, ReLU, canonicalize
 from robustcheck.verifiers.vnnlib import robustness_property
@@ -174,6 +174,31 @@ def test_branch_and_bound_agrees_with_milp_on_digits_mlp(candidates: int) -> Non
                 assert np.all(net.forward(result.x[None]) @ spec.T <= rhs + 1e-9)
             agreed += 1
     assert agreed >= 20
+
+
+@pytest.mark.parametrize("batch", [1, 7, 512])
+def test_branch_and_bound_verdicts_do_not_depend_on_the_batch_size(batch: int) -> None:
+    model, data = digits_mlp(), digits()
+    net = from_classifier(model)
+    x = data.x[2].reshape(-1).double().numpy()
+    lo, hi = np.clip(x - 0.08, 0, 1), np.clip(x + 0.08, 0, 1)
+    tnet = crown.TorchNet.of(net, lo, hi)
+    root = crown.compute_bounds(tnet, crown.root_domains(tnet))
+    bounds = crown_bounds(net, lo, hi)
+    for spec, rhs in robustness_property(lo, hi, int(data.y[2]), 10).disjuncts:
+        result = bab.branch_and_bound(tnet, root, spec, rhs, time.monotonic() + 20, bab.BabOptions(batch=batch),
+                                      point_check=lambda p, s=spec, r=rhs: np.max(net.forward(p) @ s.T - r, axis=1))  # fmt: skip
+        assert result.status == encoding.milp_query(net, lo, hi, bounds, spec, rhs, 20).status
+
+
+def test_auto_batch_grows_for_small_networks_and_keeps_64_for_wide_ones() -> None:
+    def mlp(width: int) -> Network:
+        return Network([Affine.exact(np.ones((width, 4)), np.zeros(width), "a"),
+                        Affine.exact(np.ones((2, width)), np.zeros(2), "b")], (4,))  # fmt: skip
+
+    small, wide = mlp(10), mlp(20_000)
+    assert auto_batch(small) == 512 and auto_batch(wide) == 64
+    assert auto_batch(from_classifier(digits_mlp())) > 64
 
 
 def test_engine_decides_maxpool_and_refuses_to_guess_on_sigmoid() -> None:
