@@ -61,7 +61,7 @@ def main() -> int:
     began = time.monotonic()
 
     def report(r: vnncomp.InstanceResult) -> None:
-        flag = "  WRONG" if r.wrong else ""
+        flag = ("  WRONG" if r.wrong else "") + ("  (replayed exactly)" if r.replayed else "")
         print(f"{r.instance.network:26s} {r.instance.vnnlib.stem[:48]:48s} {r.verdict:8s} {r.seconds:7.1f}s "
               f"ref={r.instance.reference}{flag}", flush=True)  # fmt: skip
 

@@ -112,7 +112,7 @@ def _run_instances(args: argparse.Namespace) -> int:
     options = _options(args, "real")
 
     def report(r: Any) -> None:
-        mark = " WRONG" if r.wrong else ""
+        mark = (" WRONG" if r.wrong else "") + (" (replayed exactly)" if r.replayed else "")
         print(f"{r.instance.benchmark}/{r.instance.onnx.name} {r.instance.vnnlib.name}: {r.verdict} "
               f"({r.seconds:.1f}s of {args.timeout or r.instance.timeout:g}; reference {r.instance.reference}){mark}",
               flush=True)  # fmt: skip
@@ -124,7 +124,7 @@ def _run_instances(args: argparse.Namespace) -> int:
     (results_dir / "summary.json").write_text(json.dumps({"summary": rows, "instances": [
         {"benchmark": r.instance.benchmark, "onnx": str(r.instance.onnx), "vnnlib": str(r.instance.vnnlib),
          "verdict": r.verdict, "seconds": round(r.seconds, 3), "reference": r.instance.reference,
-         "wrong": r.wrong, "message": r.message} for r in results]}, indent=1))  # fmt: skip
+         "wrong": r.wrong, "replayed": r.replayed, "message": r.message} for r in results]}, indent=1))  # fmt: skip
     print(f"results: {results_dir}")
     wrong = sum(r.wrong for r in results)
     if wrong:

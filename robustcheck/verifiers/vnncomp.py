@@ -51,6 +51,8 @@ class InstanceResult:
     seconds: float
     message: str = ""
     result_file: Path | None = None
+    #: an unsat whose every property the bounds proved and the exact replay confirmed
+    replayed: bool = False
 
     @property
     def decided(self) -> bool:
@@ -125,6 +127,7 @@ class Runner:
             raise InputError(f"instance {inst.vnnlib.name}: no timeout in the CSV; give --timeout")
         began = time.monotonic()
         deadline = began + limit
+        replayed = False
         try:
             if inst.onnx not in self._networks:
                 net, module, shape = from_onnx(str(inst.onnx))
@@ -137,11 +140,12 @@ class Runner:
                 verdict, found, message = "timeout", None, "timeout while loading"
             else:
                 verdict, found, outcomes = verify_properties(Engine(net, model, self.options), props, left)
+                replayed = verdict == "unsat" and all(o.replayed for o in outcomes)
                 message = "; ".join(dict.fromkeys(f"{o.stage}: {o.message}" for o in outcomes if o.message))[:300]
         except InputError as exc:
             verdict, found, message = "error", None, str(exc)
         seconds = time.monotonic() - began
-        result = InstanceResult(inst, verdict, seconds, message)
+        result = InstanceResult(inst, verdict, seconds, message, replayed=replayed)
         if self.results_dir is not None:
             target = self.results_dir / inst.benchmark / f"{inst.onnx.stem}__{inst.vnnlib.stem}.txt"
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +179,7 @@ class Summary:
     correct: int
     wrong: int
     unchecked: int  # decided where the reference is unknown
+    replayed: int  # unsat verdicts the exact replay confirmed
     median_s: float
     max_overrun: float  # max over instances of seconds / timeout - 1
     reference: dict[str, int]
@@ -182,6 +187,7 @@ class Summary:
     def row(self) -> dict[str, Any]:
         return {"benchmark": self.benchmark, "network": self.network, "instances": self.instances,
                 "decided": self.decided, "correct": self.correct, "wrong": self.wrong, "unchecked": self.unchecked,
+                "replayed": self.replayed,
                 "median_s": round(self.median_s, 2), "max_overrun_pct": round(100 * self.max_overrun, 1),
                 **self.reference}  # fmt: skip
 
@@ -201,6 +207,7 @@ def summarize(results: list[InstanceResult], timeout: float | None = None) -> li
         overrun = max(r.seconds / (timeout or r.instance.timeout) - 1 for r in rows)
         out.append(Summary(bench, network, len(rows), sum(r.decided for r in rows), sum(r.correct for r in rows),
                            sum(r.wrong for r in rows), sum(r.decided and r.instance.reference not in _AGREES for r in rows),
+                           sum(r.replayed for r in rows),
                            statistics.median(r.seconds for r in rows), overrun, ref))  # fmt: skip
     return out
 

@@ -238,6 +238,8 @@ def test_instances_csv_run_writes_results_and_fails_on_a_contradicted_reference(
     assert all(r.result_file is not None and r.result_file.read_text().split()[0] == r.verdict for r in results)
     summary = vnncomp.summarize(results)
     assert sum(s.correct for s in summary) == 2
+    # the unsat comes from the bounds, replayed exactly (the sat one has nothing to replay)
+    assert [r.replayed for r in results] == [False, True] and sum(s.replayed for s in summary) == 1
     # a reference that disagrees makes the CLI exit 1
     csv.write_text(csv.read_text().replace(",30,holds", ",30,violated"))
     done = subprocess.run([sys.executable, "-m", "robustcheck.cli.main", "verify", "--instances", str(csv),
