@@ -573,7 +573,7 @@ class Engine:
         slopes = {d.index: {k: a[0].numpy() for k, a in state.alphas[d.index].items()}
                   for d in closed if state is not None and d.index in state.alphas}  # fmt: skip
         rows = sum(len(d.spec) * (2 if d.index in slopes else 1) for d in closed)
-        hint = self._state.layer_bounds() if state is not None else None
+        hint = state.layer_bounds() if state is not None else None
         cost = exact.replay_cost(self.net, rows, hint)
         if cost > self.options.replay_ops:
             return [], (f" (float64, rounding allowance included; exact replay skipped: about {cost:.0e} integer "
