@@ -169,6 +169,7 @@ def _run_vnnlib(args: argparse.Namespace) -> int:
 
 def _run_samples(args: argparse.Namespace) -> int:
     from robustcheck.data.loading import load_data
+    from robustcheck.models.classifier import audited_model
     from robustcheck.models.loading import load_model
     from robustcheck.verifiers.z3_safety import Z3Safety
 
@@ -178,6 +179,7 @@ def _run_samples(args: argparse.Namespace) -> int:
         raise UsageError(f"model {model.name!r} names no default data: give --data")
     samples = 10 if args.samples is None else args.samples
     data = load_data(source).sample(samples, args.seed)  # seeded and class-stratified, like an audit
+    model = audited_model(model, data)  # what the model does not declare (input shape, labels), the data supplies
     probe = Z3Safety(
         eps=args.eps, timeout=args.timeout, engine=args.engine, semantics=args.semantics or "float32",
         **({} if args.replay_ops is None else {"replay_ops": args.replay_ops}),

@@ -142,7 +142,8 @@ class Z3Safety(Verifier):
             "correct": prediction == label,
         }
         if prediction != label:
-            return {**row, "status": "misclassified", "stage": "none", "seconds": 0.0, "unstable_relus": None}
+            return {**row, "status": "misclassified", "stage": "none", "seconds": 0.0, "unstable_relus": None,
+                    "_counterexample": None, "_curve": {}, "_seconds": {}}  # fmt: skip
         per_eps: dict[float, Outcome] = {}
         found: Outcome | None = None
         for eps in epsilons:

@@ -14,6 +14,7 @@ from helpers import SHARED_DATA
 from robustcheck.api import Table
 from robustcheck.data.builtin import digits
 from robustcheck.errors import InputError, UsageError
+from robustcheck.models.classifier import as_classifier
 from robustcheck.verifiers.engine import Engine, FloatModel, Options, verify_properties, violates
 from robustcheck.verifiers.extraction import from_classifier, from_onnx
 from robustcheck.verifiers.regions import linf_box, manipulation_region
@@ -246,6 +247,32 @@ def test_cli_verify_samples(cli: Any) -> None:
     assert len(lines) == 5 and all(line.startswith("sample ") for line in lines[:4])
     assert "verified" in lines[-1]
     assert any(" safe " in line for line in lines[:4])
+
+
+def test_cli_verify_own_model_file_takes_its_input_shape_from_the_data(cli: Any, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    (tmp_path / "mine.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "def build() -> nn.Module:\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    result = cli("verify", "--model", "./mine.py:build", "--data", "digits", "--eps", "0.01", "--samples", "5")
+    assert result.code == 0, result.err
+    assert result.out.strip().splitlines()[-1].startswith("verified ")
+
+
+def test_probe_on_a_model_that_misclassifies_every_sample_scores_zero() -> None:
+    always_zero = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        always_zero[1].weight.zero_()
+        always_zero[1].bias.copy_(torch.eye(10)[0])
+    data = digits()
+    data = data.subset(torch.nonzero(data.y != 0).flatten()[:5])
+    model = as_classifier(always_zero, input_shape=(1, 8, 8))
+    result = Z3Safety(eps=0.01)(model, data, seed=0)
+    assert result.score == 0.0 and result.metrics["clean_accuracy"] == 0.0
+    assert (result.records["status"] == "misclassified").all()
 
 
 def test_cli_verify_vnnlib_writes_a_result_file(cli: Any, tmp_path: Path) -> None:
