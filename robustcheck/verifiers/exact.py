@@ -120,6 +120,26 @@ def _upper_slopes(low: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class _Relaxation:
+    """One hidden layer's sound bounds ``[lower, upper]`` (float64) and the pieces of its ReLU relaxation that do
+    not depend on the coefficients: the upper lines' slopes ``s`` and their intercepts ``-s l`` (exact)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    unstable: np.ndarray
+    slope: np.ndarray
+    intercept: Dyadic
+
+    @classmethod
+    def of(cls, lower: np.ndarray, upper: np.ndarray) -> _Relaxation:
+        unstable = (lower < 0) & (upper > 0)
+        slope = _upper_slopes(lower, upper)
+        # -s l exactly: two dyadics multiplied (never through a float product)
+        intercept = Dyadic.of(-slope) * Dyadic.of(np.where(unstable, lower, 0.0))
+        return cls(lower, upper, unstable, slope, intercept)
+
+
+@dataclass
 class _Layer:
     weight: Dyadic
     bias: Dyadic
@@ -131,7 +151,6 @@ class ExactNetwork:
     def __init__(self, net: Network) -> None:
         if not net.is_relu_chain:
             raise ValueError("exact replay covers ReLU networks without pooling")
-        self.net = net
         self.layers = [_Layer(Dyadic.of(a.weight), Dyadic.of(a.bias)) for a in net.affines]
 
     @classmethod
@@ -155,10 +174,10 @@ def replay_cost(net: Network, rows: int, hint: LayerBounds | None = None) -> int
     return total
 
 
-def _backward(exact: ExactNetwork, k: int, rows: Dyadic, lower: list[np.ndarray], upper: list[np.ndarray],
-              box: Dyadic, alphas: dict[int, np.ndarray] | None = None) -> Dyadic:  # fmt: skip
-    """Exact lower bounds ``(m,)`` of ``rows @ z_k`` (``rows`` ``(m, n_k)``; ``k = len(lower)`` for the output)
-    over the box (``box`` ``(2, n)``: lower and upper corner), given sound bounds of the layers below ``k``;
+def _backward(exact: ExactNetwork, k: int, rows: Dyadic, layers: list[_Relaxation], box: Dyadic,
+              alphas: dict[int, np.ndarray] | None = None) -> Dyadic:  # fmt: skip
+    """Exact lower bounds ``(m,)`` of ``rows @ z_k`` (``rows`` ``(m, n_k)``; ``k = len(layers)`` for the output)
+    over the box (``box`` ``(2, n)``: lower and upper corner), given the relaxations of the layers below ``k``;
     ``alphas[j]`` ``(m, n_j)`` optional lower slopes for layer ``j`` (else CROWN's adaptive ones)."""
     coef = rows
     const = Dyadic(np.zeros(rows.num.shape[0], dtype=object), 0)
@@ -166,18 +185,18 @@ def _backward(exact: ExactNetwork, k: int, rows: Dyadic, lower: list[np.ndarray]
         layer = exact.layers[j]
         const = const + coef @ layer.bias
         coef = coef @ layer.weight
-        low, up = lower[j - 1], upper[j - 1]
-        unstable = (low < 0) & (up > 0)
+        relax = layers[j - 1]
         if alphas is not None and (j - 1) in alphas:
             alpha = np.clip(alphas[j - 1], 0.0, 1.0)
         else:
-            alpha = (up > -low).astype(np.float64)
-        s = _upper_slopes(low, up)
+            alpha = (relax.upper > -relax.lower).astype(np.float64)
         negative = coef.num < 0
         # a negative coefficient on an unstable neuron takes the upper line a <= s z - s l: it adds -coef s l
-        minus_sl = Dyadic.of(-s) * Dyadic.of(np.where(unstable, low, 0.0))
-        const = const + (Dyadic(np.where(unstable & negative, coef.num, 0), coef.exp) * minus_sl).sum(1)
-        slope = np.where(low >= 0, 1.0, np.where(unstable, np.where(negative, s, alpha), 0.0))
+        taken = Dyadic(np.where(relax.unstable & negative, coef.num, 0), coef.exp)
+        const = const + (taken * relax.intercept).sum(1)
+        slope = np.where(
+            relax.lower >= 0, 1.0, np.where(relax.unstable, np.where(negative, relax.slope, alpha), 0.0)
+        )
         coef = coef * Dyadic.of(slope)
     const = const + coef @ exact.layers[0].bias
     coef = coef @ exact.layers[0].weight
@@ -195,15 +214,15 @@ def _interval(exact: ExactNetwork, k: int, low: np.ndarray, up: np.ndarray) -> t
     return pos @ a + neg @ b + bias, pos @ b + neg @ a + bias
 
 
-def _tighten(exact: ExactNetwork, k: int, bound: Dyadic, index: np.ndarray, sign: float, lower: list[np.ndarray],
-             upper: list[np.ndarray], box: Dyadic) -> Dyadic:  # fmt: skip
+def _tighten(exact: ExactNetwork, k: int, bound: Dyadic, index: np.ndarray, sign: float, layers: list[_Relaxation],
+             box: Dyadic) -> Dyadic:  # fmt: skip
     """``bound`` (a lower bound of ``z_k`` if ``sign`` is 1, an upper one if -1) with the CROWN bound where
     better, at the neurons ``index``."""
     if not len(index):
         return bound
     rows = np.zeros((len(index), len(bound.num)))
     rows[np.arange(len(index)), index] = sign
-    value = _backward(exact, k, Dyadic.of(rows), lower, upper, box)
+    value = _backward(exact, k, Dyadic.of(rows), layers, box)
     if sign < 0:
         value = Dyadic(-value.num, value.exp)
     exp = max(bound.exp, value.exp)
@@ -219,14 +238,19 @@ class Replay:
 
     exact: ExactNetwork
     box: Dyadic
-    lower: list[np.ndarray]
-    upper: list[np.ndarray]
+    layers: list[_Relaxation]
+
+    @property
+    def lower(self) -> list[np.ndarray]:
+        return [layer.lower for layer in self.layers]
+
+    @property
+    def upper(self) -> list[np.ndarray]:
+        return [layer.upper for layer in self.layers]
 
     def output_lower(self, spec: np.ndarray, alphas: dict[int, np.ndarray] | None = None) -> Dyadic:
         """Exact lower bounds ``(m,)`` of ``spec @ y`` (``spec`` ``(m, K)``)."""
-        return _backward(
-            self.exact, len(self.lower), Dyadic.of(spec), self.lower, self.upper, self.box, alphas
-        )
+        return _backward(self.exact, len(self.layers), Dyadic.of(spec), self.layers, self.box, alphas)
 
     def proves(
         self, spec: np.ndarray, threshold: np.ndarray, alphas: dict[int, np.ndarray] | None = None
@@ -248,17 +272,17 @@ def replay(net: Network, lo: np.ndarray, hi: np.ndarray, hint: LayerBounds | Non
     bound, one it calls inactive its upper bound (the replay never trusts ``hint``'s values)."""
     exact = ExactNetwork.of(net)
     box = Dyadic.of(np.stack([lo, hi]))
-    lower: list[np.ndarray] = []
-    upper: list[np.ndarray] = []
+    layers: list[_Relaxation] = []
     for k in range(len(net.affines) - 1):
-        below_lo, below_hi = (lo, hi) if k == 0 else (np.maximum(lower[-1], 0.0), np.maximum(upper[-1], 0.0))
+        below_lo, below_hi = (
+            (lo, hi) if k == 0 else (np.maximum(layers[-1].lower, 0.0), np.maximum(layers[-1].upper, 0.0))
+        )
         low, up = _interval(exact, k, below_lo, below_hi)
         open_ = np.flatnonzero((low.num < 0) & (up.num > 0)) if k > 0 else np.zeros(0, dtype=np.int64)
         if len(open_):
             want_low = open_ if hint is None else open_[hint.upper[k][open_] > 0]
             want_up = open_ if hint is None else open_[hint.lower[k][open_] < 0]
-            low = _tighten(exact, k, low, want_low, 1.0, lower, upper, box)
-            up = _tighten(exact, k, up, want_up, -1.0, lower, upper, box)
-        lower.append(low.floor())
-        upper.append(up.ceil())
-    return Replay(exact, box, lower, upper)
+            low = _tighten(exact, k, low, want_low, 1.0, layers, box)
+            up = _tighten(exact, k, up, want_up, -1.0, layers, box)
+        layers.append(_Relaxation.of(low.floor(), up.ceil()))
+    return Replay(exact, box, layers)
