@@ -226,9 +226,8 @@ def main() -> None:
     print_rows(rows, args.eps)
     print(f"\nresidual queries (open after CROWN): {len(residuals)}; timing the first {args.max_residual}")
     time_residuals(ours["z3"], residuals[: args.max_residual], args.timeout)
-    open_props = list(dict.fromkeys(id(prop) for prop, _ in residuals))
-    by_id = {id(prop): prop for prop, _ in residuals}
-    leaves = bab_leaves(net, float_model, [by_id[i] for i in open_props], args.leaf_unstable, args.timeout)
+    open_props = list({id(prop): prop for prop, _ in residuals}.values())  # each property once, in order
+    leaves = bab_leaves(net, float_model, open_props, args.leaf_unstable, args.timeout)
     print(f"\nbranch-and-bound leaves (sub-domains with <= {args.leaf_unstable} open ReLUs) of the "
           f"{len(open_props)} properties with residual queries; timing the first {args.max_leaves}")  # fmt: skip
     time_leaves(net, ours["z3"].z3_network(), leaves[: args.max_leaves], args.timeout)

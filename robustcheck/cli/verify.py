@@ -86,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     return _run_samples(args)
 
 
+def _replay_option(args: argparse.Namespace) -> dict[str, int]:
+    """``replay_ops`` when given (else the engine's default)."""
+    return {} if args.replay_ops is None else {"replay_ops": args.replay_ops}
+
+
 def _options(args: argparse.Namespace, default_semantics: str) -> Any:
     from robustcheck.verifiers.engine import Options
 
@@ -94,7 +99,7 @@ def _options(args: argparse.Namespace, default_semantics: str) -> Any:
         timeout=args.timeout,
         seed=args.seed,
         semantics=args.semantics or default_semantics,
-        **({} if args.replay_ops is None else {"replay_ops": args.replay_ops}),
+        **_replay_option(args),
     )
 
 
@@ -182,7 +187,7 @@ def _run_samples(args: argparse.Namespace) -> int:
     model = audited_model(model, data)  # what the model does not declare (input shape, labels), the data supplies
     probe = Z3Safety(
         eps=args.eps, timeout=args.timeout, engine=args.engine, semantics=args.semantics or "float32",
-        **({} if args.replay_ops is None else {"replay_ops": args.replay_ops}),
+        **_replay_option(args),
     )
     result = probe(model, data, seed=args.seed)
     for _, row in result.records.iterrows():

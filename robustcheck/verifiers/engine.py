@@ -54,10 +54,6 @@ INTERMEDIATE_ALPHA_COST = 1_500_000_000
 _BOUNDARY = "boundary: violations exist only within float rounding of the decision boundary"
 
 
-#: what a SAFE message of the bounds adds when the exact replay confirmed every disjunct
-REPLAYED = " (replayed in exact rational arithmetic)"
-
-
 @dataclass
 class Options:
     """Engine settings: solver ``engine``, bound ``bounds`` method, per-property ``timeout`` (seconds), PGD effort,
@@ -98,6 +94,17 @@ class Options:
     replay_ops: int = exact.DEFAULT_MAX_OPS
     #: threads for the bound computations (0: the machine's default share)
     threads: int = 0
+
+
+#: hidden neurons times domains per branch-and-bound batch at which bigger batches stop paying off on a CPU
+BATCH_NEURONS = 460_000
+
+
+def auto_batch(net: Network) -> int:
+    """Domains per branch-and-bound batch: 64 for wide networks, more for small ones (measured on the 9x200 MNIST
+    MLP: 256 a batch bounds 1.5 times the domains per second that 64 does, one thread)."""
+    hidden = sum(a.weight.shape[0] for a in net.affines[:-1])
+    return max(64, min(512, BATCH_NEURONS // max(1, hidden)))
 
 
 @dataclass
@@ -312,17 +319,6 @@ class FloatModel:
 # ---------------------------------------------------------------------------------------------------------------
 # Property checks on concrete points
 # ---------------------------------------------------------------------------------------------------------------
-#: hidden neurons times domains per branch-and-bound batch at which bigger batches stop paying off on a CPU
-BATCH_NEURONS = 460_000
-
-
-def auto_batch(net: Network) -> int:
-    """Domains per branch-and-bound batch: 64 for wide networks, more for small ones (measured on the 9x200 MNIST
-    MLP: 256 a batch bounds 1.5 times the domains per second that 64 does, one thread)."""
-    hidden = sum(a.weight.shape[0] for a in net.affines[:-1])
-    return max(64, min(512, BATCH_NEURONS // max(1, hidden)))
-
-
 def violation(prop: Property, y: np.ndarray) -> np.ndarray:
     """Per row of ``y`` ``(B, K)``: ``min over disjuncts of max over rows (A y - c)`` (violated iff <= 0 / < 0)."""
     y = np.atleast_2d(y)
@@ -500,15 +496,17 @@ class Engine:
             closed.clear()
             residual = self.open_disjuncts(prop, bounds, closed)
         times["bounds"] = time.monotonic() - t0
-        how = ""
+        how, replayed = "", False
         if closed:
             t0 = time.monotonic()
             reopened, how = self._replay(prop, closed, deadline)
             times["replay"] = time.monotonic() - t0
+            replayed = not reopened and not how
             residual = sorted(residual + reopened, key=lambda d: d.gap)
         if not residual:
+            how = " (replayed in exact rational arithmetic)" if replayed else how
             return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct" + how,
-                           replayed=how == REPLAYED)  # fmt: skip
+                           replayed=replayed)  # fmt: skip
         if opts.use_attack and opts.strong_restarts > 0:
             # the bounds leave something open: a longer, wider attack before the (costly) branch and bound
             t0 = time.monotonic()
@@ -564,7 +562,7 @@ class Engine:
 
     def _replay(self, prop: Property, closed: list[OpenDisjunct], deadline: float) -> tuple[list[OpenDisjunct], str]:
         """Recompute the float64 proofs of ``closed`` in exact arithmetic (:mod:`~robustcheck.verifiers.exact`):
-        ``(disjuncts the replay does not confirm, what the SAFE message adds)``."""
+        ``(disjuncts the replay does not confirm, why there was no replay)``; both empty: every one confirmed."""
         if self.options.replay_ops <= 0:
             return [], " (float64, rounding allowance included; exact replay off)"
         if not self.net.is_relu_chain:
@@ -581,10 +579,7 @@ class Engine:
         if cost * exact.SECONDS_PER_OP > exact.TIME_SHARE * (deadline - time.monotonic()):
             return [], " (float64, rounding allowance included; no time left for an exact replay)"
         replayed = exact.replay(self.net, prop.lo, prop.hi, hint)
-        reopened = [d for d in closed if not replayed.proves(d.spec, d.rhs + d.tol, slopes.get(d.index))]
-        if not reopened:
-            return [], REPLAYED
-        return reopened, ""
+        return [d for d in closed if not replayed.proves(d.spec, d.rhs + d.tol, slopes.get(d.index))], ""
 
     def _query(self, prop: Property, bounds: LayerBounds, spec: np.ndarray, rhs: np.ndarray, seconds: float, *,
                proof: bool = False, index: int = -1) -> encoding.QueryResult:  # fmt: skip
