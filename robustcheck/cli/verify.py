@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-ops", type=int, default=None, metavar="N",
                         help="replay SAFE verdicts of the float64 bounds in exact rational arithmetic when that takes "
                         "at most N integer multiply-adds and a quarter of the time left (default 1e9; 0: never)")  # fmt: skip
+    parser.add_argument("--refine-share", type=float, default=None, metavar="S",
+                        help="share of the time left that tightening intermediate bounds by branch and bound may take "
+                        "when the bounds and a first branch and bound pass leave a disjunct open (default 0.5; 0: "
+                        "never)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout must be positive, got {args.timeout}")
     if args.replay_ops is not None and args.replay_ops < 0:
         raise UsageError(f"--replay-ops must be 0 or more, got {args.replay_ops}")
+    if args.refine_share is not None and not 0 <= args.refine_share <= 1:
+        raise UsageError(f"--refine-share must be between 0 and 1, got {args.refine_share}")
     if getattr(args, "instances", None):
         if args.vnnlib or args.eps is not None or args.samples is not None:
             raise UsageError("--instances runs the CSV's properties: do not give --vnnlib, --eps or --samples")
@@ -86,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
     return _run_samples(args)
 
 
-def _replay_option(args: argparse.Namespace) -> dict[str, int]:
-    """``replay_ops`` when given (else the engine's default)."""
-    return {} if args.replay_ops is None else {"replay_ops": args.replay_ops}
+def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``replay_ops`` and ``refine_share`` where given (else the engine's defaults)."""
+    given = {"replay_ops": args.replay_ops, "refine_share": args.refine_share}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _options(args: argparse.Namespace, default_semantics: str) -> Any:
@@ -99,7 +106,7 @@ def _options(args: argparse.Namespace, default_semantics: str) -> Any:
         timeout=args.timeout,
         seed=args.seed,
         semantics=args.semantics or default_semantics,
-        **_replay_option(args),
+        **_engine_overrides(args),
     )
 
 
@@ -187,7 +194,7 @@ def _run_samples(args: argparse.Namespace) -> int:
     model = audited_model(model, data)  # what the model does not declare (input shape, labels), the data supplies
     probe = Z3Safety(
         eps=args.eps, timeout=args.timeout, engine=args.engine, semantics=args.semantics or "float32",
-        **_replay_option(args),
+        **_engine_overrides(args),
     )
     result = probe(model, data, seed=args.seed)
     for _, row in result.records.iterrows():

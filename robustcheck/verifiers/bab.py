@@ -77,7 +77,7 @@ class BabResult:
 
 
 @dataclass
-class _Pool:
+class Pool:
     """Open domains with their bounds, slopes, multipliers and chosen split."""
 
     doms: Domains
@@ -86,20 +86,20 @@ class _Pool:
     betas: dict[int, torch.Tensor]  # (B, m, n_k)
     choice: torch.Tensor  # (B, 2): layer, neuron (-1: nothing to split)
 
-    def take(self, index: torch.Tensor) -> _Pool:
-        return _Pool(self.doms.select(index), self.value[index], {k: a[index] for k, a in self.alphas.items()},
+    def take(self, index: torch.Tensor) -> Pool:
+        return Pool(self.doms.select(index), self.value[index], {k: a[index] for k, a in self.alphas.items()},
                      {k: b[index] for k, b in self.betas.items()}, self.choice[index])  # fmt: skip
 
     @staticmethod
-    def cat(parts: list[_Pool]) -> _Pool:
+    def cat(parts: list[Pool]) -> Pool:
         parts = [p for p in parts if p.doms.size]
-        return _Pool(Domains.cat([p.doms for p in parts]), torch.cat([p.value for p in parts]),
+        return Pool(Domains.cat([p.doms for p in parts]), torch.cat([p.value for p in parts]),
                      {k: torch.cat([p.alphas[k] for p in parts]) for k in parts[0].alphas},
                      {k: torch.cat([p.betas[k] for p in parts]) for k in parts[0].betas},
                      torch.cat([p.choice for p in parts]))  # fmt: skip
 
 
-def _ranked(net: TorchNet, doms: Domains, result: Backward, count: int) -> torch.Tensor:
+def ranked_splits(net: TorchNet, doms: Domains, result: Backward, count: int) -> torch.Tensor:
     """``(B, count, 2)``: per domain the ``count`` open neurons (layer, neuron) with the best scores, best first;
     ``(-1, -1)`` where fewer are open. Open: an unsplit unstable ReLU (BaBSR-style score) or a sigmoid / tanh
     neuron whose input interval is wider than :data:`SMOOTH_MIN_WIDTH` (its relaxation's gap, weighted)."""
@@ -143,7 +143,7 @@ def _strong_choice(net: TorchNet, doms: Domains, spec: torch.Tensor, rhs: torch.
     """Filtered smart branching (FSB, De Palma et al. 2021): of the ``count`` best-scored ReLUs per domain, the one
     whose worse child has the best bound, each child bounded once with the parent's slopes and multipliers
     (no optimisation): a cheap look-ahead that ranks splits by what they really buy. ``(B, 2)``."""
-    ranked = _ranked(net, doms, result, count)
+    ranked = ranked_splits(net, doms, result, count)
     if count <= 1 or not doms.size:
         return ranked[:, 0]
     rows = torch.arange(doms.size)
@@ -166,7 +166,7 @@ def _strong_choice(net: TorchNet, doms: Domains, spec: torch.Tensor, rhs: torch.
     return ranked[rows, best]
 
 
-def _bound(net: TorchNet, doms: Domains, spec: torch.Tensor, rhs: torch.Tensor, alphas: dict[int, torch.Tensor],
+def optimise(net: TorchNet, doms: Domains, spec: torch.Tensor, rhs: torch.Tensor, alphas: dict[int, torch.Tensor],
            betas: dict[int, torch.Tensor], opts: BabOptions, deadline: float,
            iterations: int) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], Backward]:  # fmt: skip
     """Optimise slopes and multipliers for the margin ``max_rows(lower - rhs)``; returns the best margin per
@@ -227,7 +227,7 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
                        (root.upper[k] > -root.lower[k]).to(torch.float64)[:, None, :].expand(-1, m, -1)).clone()
                    for k in relus}  # fmt: skip
     start_beta = {k: torch.zeros((1, m, root.lower[k].shape[1]), dtype=torch.float64) for k in relus}
-    value, a, b, res = _bound(net, root, spec_t, rhs_t, start_alpha, start_beta, opts, deadline, 0)
+    value, a, b, res = optimise(net, root, spec_t, rhs_t, start_alpha, start_beta, opts, deadline, 0)
     result = BabResult("unknown", bound=float(value[0]))
     if bool(value[0] > 0):
         result.status = "unsat"
@@ -238,7 +238,7 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
             return result
         status, x = leaf([], [], [], deadline - time.monotonic())
         return BabResult(status if status in ("sat", "unsat") else "unknown", x, 1, 1, message=status)
-    pool = _Pool(root, value, a, b, _strong_choice(net, root, spec_t, rhs_t, a, b, res, opts.candidates))
+    pool = Pool(root, value, a, b, _strong_choice(net, root, spec_t, rhs_t, a, b, res, opts.candidates))
     found = _candidates(net, root, res, spec_t, rhs_t, point_check)
     if found is not None:
         return BabResult("sat", found, bound=result.bound)
@@ -282,7 +282,7 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
         count = min(opts.batch, pool.doms.size)
         order = torch.argsort(pool.value)
         parents, rest = pool.take(order[:count]), pool.take(order[count:])
-        children = _split(net, parents)
+        children = split_domains(net, parents)
         try:
             if opts.refresh:
                 first = int(parents.choice[:, 0].min())
@@ -290,7 +290,7 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
         except Expired:
             result.message = f"timeout with {pool.doms.size} open domains"
             return result
-        value, a, b, res = _bound(net, children.doms, spec_t, rhs_t, children.alphas, children.betas, opts, deadline,
+        value, a, b, res = optimise(net, children.doms, spec_t, rhs_t, children.alphas, children.betas, opts, deadline,
                                   opts.iterations)  # fmt: skip
         # a parent's bound holds on both its halves: a child keeps the better of the two (a smooth neuron's
         # relaxation on half the interval is not always tighter everywhere)
@@ -299,14 +299,14 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
         closed = (value > 0) | infeasible(children.doms)
         keep = torch.nonzero(~closed).flatten()
         kept = Backward(res.value[keep], res.input_coef[keep], {k: c[keep] for k, c in res.act_coef.items()})
-        children = _Pool(children.doms, value, a, b, children.choice).take(keep)
+        children = Pool(children.doms, value, a, b, children.choice).take(keep)
         children.choice = _strong_choice(net, children.doms, spec_t, rhs_t, children.alphas, children.betas, kept,
                                          opts.candidates)  # fmt: skip
         if children.doms.size:
             found = _candidates(net, children.doms, kept, spec_t, rhs_t, point_check)
             if found is not None:
                 return BabResult("sat", found, result.nodes, result.leaves, result.leaf_seconds, bound=result.bound)
-        pool = _Pool.cat([rest, children]) if children.doms.size or rest.doms.size else children
+        pool = Pool.cat([rest, children]) if children.doms.size or rest.doms.size else children
         result.bound = float(pool.value.min()) if pool.doms.size else 0.0
         result.history.append((result.bound, pool.doms.size))
         last_batch = time.monotonic() - batch_start
@@ -341,7 +341,7 @@ def _apply_split(net: TorchNet, doms: Domains, layer: torch.Tensor, neuron: torc
             doms.upper[k][sel, col] = torch.where(sign[sel] < 0, mid, up)
 
 
-def _split(net: TorchNet, parents: _Pool) -> _Pool:
+def split_domains(net: TorchNet, parents: Pool) -> Pool:
     """Two children per parent: its chosen ReLU forced active (+1) / inactive (-1), or its chosen smooth
     neuron's interval halved (upper half / lower half); slopes and multipliers inherited."""
     both = parents.take(torch.cat([torch.arange(parents.doms.size)] * 2))

@@ -136,6 +136,11 @@ class TorchNet:
     def relus(self) -> list[int]:
         return [k for k, a in enumerate(self.acts) if a == "relu"]
 
+    def prefix(self, k: int) -> TorchNet:
+        """The network up to ``affines[k]``: its output is hidden layer ``k``'s pre-activation."""
+        return TorchNet(self.weights[: k + 1], self.biases[: k + 1], self.abs_weights[: k + 1], self.acts[:k],
+                        self.pools[:k], self.lo, self.hi, self.sparse[: k + 1])  # fmt: skip
+
     def times_w(self, coef: torch.Tensor, k: int) -> torch.Tensor:
         """``coef @ W_k``: ``(..., n_out) -> (..., n_in)`` (differentiable in ``coef``)."""
         pieces = self.sparse[k] if self.sparse else None
@@ -164,6 +169,10 @@ class Domains:
     def size(self) -> int:
         """Number of domains (a network without hidden layers has just the root)."""
         return int(self.lower[0].shape[0]) if self.lower else 1
+
+    def prefix(self, k: int) -> Domains:
+        """The bounds and splits of the first ``k`` hidden layers (the domains of :meth:`TorchNet.prefix`)."""
+        return Domains(self.lower[:k], self.upper[:k], self.signs[:k])
 
     def select(self, index: torch.Tensor) -> Domains:
         return Domains([t[index] for t in self.lower], [t[index] for t in self.upper], [t[index] for t in self.signs])

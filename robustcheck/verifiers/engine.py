@@ -23,6 +23,12 @@
    (:func:`~robustcheck.verifiers.encoding.z3_branch_and_bound`): CROWN closes most sub-domains, the corner that
    minimises a sub-domain's linear bound is tried as a solution, and Z3 decides the leaves (every ReLU fixed).
 
+4. **Refinement** (stage ``refine``, with the ``crown`` bounds on networks with two or more hidden layers): when a
+   first branch and bound pass with :data:`QUICK_SHARE` of the time left does not decide, the intermediate bounds
+   are tightened layer by layer by branch and bound (:mod:`robustcheck.verifiers.refine`, at most
+   ``refine_share`` of the time left), alpha-CROWN runs again on them, and what stays open goes back to the
+   solver stage with the rest of the time.
+
 Every property has a deadline: solver queries get what is left, and a spent deadline yields UNKNOWN.
 """
 
@@ -38,7 +44,7 @@ import numpy as np
 import torch
 
 from robustcheck.threads import default_threads
-from robustcheck.verifiers import bab, crown, encoding, exact
+from robustcheck.verifiers import bab, crown, encoding, exact, refine
 from robustcheck.verifiers.bounds import LayerBounds
 from robustcheck.verifiers.network import Network
 from robustcheck.verifiers.rounding import spec_error
@@ -89,12 +95,18 @@ class Options:
     strong_restarts: int = 31
     strong_steps: int = 100
     strong_share: float = 0.1
+    #: share of the time left that tightening intermediate bounds by branch and bound may take when alpha-CROWN
+    #: leaves a disjunct open (:mod:`~robustcheck.verifiers.refine`; 0: off)
+    refine_share: float = 0.5
     #: replay a proof by bounds in exact rational arithmetic when it costs at most this many integer
     #: multiply-adds (0: never); a disjunct the replay does not confirm goes to the solver
     replay_ops: int = exact.DEFAULT_MAX_OPS
     #: threads for the bound computations (0: the machine's default share)
     threads: int = 0
 
+
+#: share of the time left for a first branch and bound pass before intermediate bounds are refined
+QUICK_SHARE = 0.1
 
 #: hidden neurons times domains per branch-and-bound batch at which bigger batches stop paying off on a CPU
 BATCH_NEURONS = 460_000
@@ -496,6 +508,16 @@ class Engine:
             closed.clear()
             residual = self.open_disjuncts(prop, bounds, closed)
         times["bounds"] = time.monotonic() - t0
+        if residual and opts.use_attack and opts.strong_restarts > 0:
+            # the bounds leave something open: a longer, wider attack before the (costly) refinement and search
+            t0 = time.monotonic()
+            strong = replace(opts, pgd_restarts=opts.strong_restarts, pgd_steps=opts.strong_steps,
+                             seed=opts.seed + 1, samples=0)
+            budget = t0 + opts.strong_share * max(0.0, deadline - t0)
+            cex = pgd_attack(self.model, prop, strong, start, budget, decay=True)
+            times["attack"] = times.get("attack", 0.0) + time.monotonic() - t0
+            if cex is not None:
+                return self._unsafe(prop, cex, "attack")
         how, replayed = "", False
         if closed:
             t0 = time.monotonic()
@@ -507,21 +529,27 @@ class Engine:
             how = " (replayed in exact rational arithmetic)" if replayed else how
             return Outcome("safe", "bounds", unstable=unstable, message="bounds prove every disjunct" + how,
                            replayed=replayed)  # fmt: skip
-        if opts.use_attack and opts.strong_restarts > 0:
-            # the bounds leave something open: a longer, wider attack before the (costly) branch and bound
-            t0 = time.monotonic()
-            strong = replace(opts, pgd_restarts=opts.strong_restarts, pgd_steps=opts.strong_steps,
-                             seed=opts.seed + 1, samples=0)
-            budget = t0 + opts.strong_share * max(0.0, deadline - t0)
-            cex = pgd_attack(self.model, prop, strong, start, budget, decay=True)
-            times["attack"] = times.get("attack", 0.0) + time.monotonic() - t0
-            if cex is not None:
-                return self._unsafe(prop, cex, "attack")
         t0 = time.monotonic()
         try:
+            if opts.refine_share > 0 and opts.bounds == "crown" and self._state.tnet.hidden > 1:
+                # branch and bound first with a small share of the time: what it decides quickly (most
+                # counterexamples, small gaps) needs no refinement
+                quick = self._solve(prop, bounds, residual, t0 + QUICK_SHARE * (deadline - t0), unstable)
+                if quick.status != "unknown" or _TIMEOUT not in quick.message:
+                    return quick
+                t1 = time.monotonic()
+                residual, refined = self._refine(prop, residual, deadline)
+                times["refine"] = time.monotonic() - t1
+                bounds = self._state.layer_bounds()
+                if refined and not residual:
+                    layers = ", ".join(str(r.layer) for r in refined)
+                    return Outcome("safe", "bounds", unstable=unstable,
+                                   message=f"bounds prove every disjunct (intermediate bounds of layer(s) {layers} "
+                                           "tightened by branch and bound; float64, rounding allowance included, "
+                                           "not replayed exactly)")  # fmt: skip
             return self._solve(prop, bounds, residual, deadline, unstable)
         finally:
-            times[opts.engine] = time.monotonic() - t0
+            times[opts.engine] = time.monotonic() - t0 - times.get("refine", 0.0)
 
     def open_disjuncts(self, prop: Property, bounds: LayerBounds,
                        closed: list[OpenDisjunct] | None = None) -> list[OpenDisjunct]:  # fmt: skip
@@ -559,6 +587,34 @@ class Engine:
             elif closed is not None:
                 closed.append(disjunct)
         return sorted(residual, key=lambda d: d.gap)
+
+    def _refine(self, prop: Property, residual: list[OpenDisjunct],
+                deadline: float) -> tuple[list[OpenDisjunct], list[refine.Refinement]]:  # fmt: skip
+        """Tighten the intermediate bounds layer by layer (:func:`~robustcheck.verifiers.refine.refine_layer`)
+        while disjuncts stay open, within ``refine_share`` of the time left (each layer at most half of what is
+        left of it); after each layer, CROWN for the deeper ones and alpha-CROWN again. Returns the disjuncts
+        still open and what each refined layer did."""
+        state = self._state
+        assert state is not None
+        stop = time.monotonic() + self.options.refine_share * max(0.0, deadline - time.monotonic())
+        done: list[refine.Refinement] = []
+        for k in range(1, state.tnet.hidden):
+            left = stop - time.monotonic()
+            if left <= 0:
+                break
+            root, info = refine.refine_layer(state.tnet, state.root, k, time.monotonic() + left / 2)
+            if not info.neurons:
+                continue
+            done.append(info)
+            try:
+                state.root = crown.compute_bounds(state.tnet, root, k + 1, deadline=deadline)
+            except crown.Expired:
+                raise _Expired from None
+            state.optimize(residual, self.options.alpha_iterations, deadline)
+            residual = self.open_disjuncts(prop, state.layer_bounds())
+            if not residual:
+                break
+        return residual, done
 
     def _replay(self, prop: Property, closed: list[OpenDisjunct], deadline: float) -> tuple[list[OpenDisjunct], str]:
         """Recompute the float64 proofs of ``closed`` in exact arithmetic (:mod:`~robustcheck.verifiers.exact`):

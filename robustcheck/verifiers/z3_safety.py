@@ -85,6 +85,10 @@ class Z3Safety(Verifier):
         DEFAULT_MAX_OPS, "replay SAFE verdicts of the bounds in exact rational arithmetic up to this many integer "
         "multiply-adds (0: never)", ge=0,
     )
+    refine_share = Param(
+        0.5, "share of the time left that tightening intermediate bounds by branch and bound may take when the "
+        "bounds and a first branch and bound pass leave a disjunct open (0: never)", ge=0.0, le=1.0,
+    )
     examples = Param(4, "counterexample images in the report", ge=0)
 
     def check_requirements(self, model: ImageClassifier) -> None:
