@@ -282,24 +282,14 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
         count = min(opts.batch, pool.doms.size)
         order = torch.argsort(pool.value)
         parents, rest = pool.take(order[:count]), pool.take(order[count:])
-        children = split_domains(net, parents)
         try:
-            if opts.refresh:
-                first = int(parents.choice[:, 0].min())
-                children.doms = compute_bounds(net, children.doms, first + 1, deadline=deadline)
+            children, res = bound_children(net, parents, spec_t, rhs_t, opts, deadline)
         except Expired:
             result.message = f"timeout with {pool.doms.size} open domains"
             return result
-        value, a, b, res = optimise(net, children.doms, spec_t, rhs_t, children.alphas, children.betas, opts, deadline,
-                                  opts.iterations)  # fmt: skip
-        # a parent's bound holds on both its halves: a child keeps the better of the two (a smooth neuron's
-        # relaxation on half the interval is not always tighter everywhere)
-        value = torch.maximum(value, parents.value.repeat(2))
         result.nodes += children.doms.size
-        closed = (value > 0) | infeasible(children.doms)
-        keep = torch.nonzero(~closed).flatten()
-        kept = Backward(res.value[keep], res.input_coef[keep], {k: c[keep] for k, c in res.act_coef.items()})
-        children = Pool(children.doms, value, a, b, children.choice).take(keep)
+        keep = torch.nonzero(~(children.value > 0) & ~infeasible(children.doms)).flatten()
+        children, kept = children.take(keep), res.take(keep)
         children.choice = _strong_choice(net, children.doms, spec_t, rhs_t, children.alphas, children.betas, kept,
                                          opts.candidates)  # fmt: skip
         if children.doms.size:
@@ -339,6 +329,23 @@ def _apply_split(net: TorchNet, doms: Domains, layer: torch.Tensor, neuron: torc
             mid = (low + up) / 2
             doms.lower[k][sel, col] = torch.where(sign[sel] > 0, mid, low)
             doms.upper[k][sel, col] = torch.where(sign[sel] < 0, mid, up)
+
+
+def bound_children(net: TorchNet, parents: Pool, spec: torch.Tensor, rhs: torch.Tensor, opts: BabOptions,
+                   deadline: float) -> tuple[Pool, Backward]:  # fmt: skip
+    """Both children of every parent (:func:`split_domains`; ``parents`` first halves, then second halves), their
+    margins optimised (:func:`optimise`; ``spec`` shared or per child), and the backward pass at the result.
+    Raises :class:`Expired` when ``refresh`` runs out of time."""
+    children = split_domains(net, parents)
+    if opts.refresh:
+        first = int(parents.choice[:, 0].min())
+        children.doms = compute_bounds(net, children.doms, first + 1, deadline=deadline)
+    value, alphas, betas, res = optimise(net, children.doms, spec, rhs, children.alphas, children.betas, opts, deadline,
+                                         opts.iterations)  # fmt: skip
+    # a parent's bound holds on both its halves: a child keeps the better of the two (a smooth neuron's relaxation
+    # on half the interval is not always tighter everywhere)
+    value = torch.maximum(value, parents.value.repeat(2))
+    return Pool(children.doms, value, alphas, betas, children.choice), res
 
 
 def split_domains(net: TorchNet, parents: Pool) -> Pool:

@@ -274,6 +274,10 @@ class Backward:
     input_coef: torch.Tensor
     act_coef: dict[int, torch.Tensor]
 
+    def take(self, index: torch.Tensor) -> Backward:
+        """The rows of the domains ``index``."""
+        return Backward(self.value[index], self.input_coef[index], {k: c[index] for k, c in self.act_coef.items()})
+
 
 def backward(
     net: TorchNet,

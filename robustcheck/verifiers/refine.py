@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from robustcheck.verifiers import bab
-from robustcheck.verifiers.crown import Backward, Domains, TorchNet, infeasible, init_alphas
+from robustcheck.verifiers.crown import Domains, TorchNet, infeasible, init_alphas
 
 
 @dataclass
@@ -116,18 +116,14 @@ def refine_layer(net: TorchNet, root: Domains, k: int, deadline: float,
         rest[pick] = False
         parents, parent_tree = pool.take(pick), tree[pick]
         pool, tree = pool.take(torch.nonzero(rest).flatten()), tree[rest]
-        children = bab.split_domains(sub, parents)
         child_tree = parent_tree.repeat(2)
-        value, alphas, betas, res = bab.optimise(sub, children.doms, spec[child_tree], zero, children.alphas,
-                                                 children.betas, settings, deadline, opts.iterations)  # fmt: skip
-        value = torch.maximum(value, parents.value.repeat(2))
-        bounded += len(value)
+        children, res = bab.bound_children(sub, parents, spec[child_tree], zero, settings, deadline)
+        bounded += len(child_tree)
         empty = infeasible(children.doms)
-        positive = (value > 0) & ~empty
-        floor = floor.scatter_reduce(0, child_tree[positive], value[positive], "amin")
+        positive = (children.value > 0) & ~empty
+        floor = floor.scatter_reduce(0, child_tree[positive], children.value[positive], "amin")
         keep = torch.nonzero(~empty & ~positive).flatten()
-        kept = Backward(res.value[keep], res.input_coef[keep], {j: c[keep] for j, c in res.act_coef.items()})
-        children = bab.Pool(children.doms, value, alphas, betas, children.choice).take(keep)
+        children, kept = children.take(keep), res.take(keep)
         children.choice = bab.ranked_splits(sub, children.doms, kept, 1)[:, 0]
         if children.doms.size:
             pool, tree = bab.Pool.cat([pool, children]), torch.cat([tree, child_tree[keep]])
