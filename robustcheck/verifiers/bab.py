@@ -242,10 +242,11 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
     found = _candidates(net, root, res, spec_t, rhs_t, point_check)
     if found is not None:
         return BabResult("sat", found, bound=result.bound)
-    last_batch = 0.0
+    last_batch, last_count = 0.0, 1
     while pool.doms.size:
         batch_start = time.monotonic()
-        if batch_start + 0.5 * last_batch > deadline:
+        # a batch costs about its size times the last one's cost per parent: start none that would end late
+        if batch_start + last_batch * min(opts.batch, pool.doms.size) / last_count > deadline:
             result.message = f"timeout with {pool.doms.size} open domains"
             return result
         if pool.doms.size > opts.max_domains:
@@ -299,7 +300,7 @@ def branch_and_bound(net: TorchNet, root: Domains, spec: np.ndarray, rhs: np.nda
         pool = Pool.cat([rest, children]) if children.doms.size or rest.doms.size else children
         result.bound = float(pool.value.min()) if pool.doms.size else 0.0
         result.history.append((result.bound, pool.doms.size))
-        last_batch = time.monotonic() - batch_start
+        last_batch, last_count = time.monotonic() - batch_start, count
     result.status = "unsat"
     return result
 
