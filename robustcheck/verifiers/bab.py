@@ -88,15 +88,15 @@ class Pool:
 
     def take(self, index: torch.Tensor) -> Pool:
         return Pool(self.doms.select(index), self.value[index], {k: a[index] for k, a in self.alphas.items()},
-                     {k: b[index] for k, b in self.betas.items()}, self.choice[index])  # fmt: skip
+                    {k: b[index] for k, b in self.betas.items()}, self.choice[index])  # fmt: skip
 
     @staticmethod
     def cat(parts: list[Pool]) -> Pool:
         parts = [p for p in parts if p.doms.size]
         return Pool(Domains.cat([p.doms for p in parts]), torch.cat([p.value for p in parts]),
-                     {k: torch.cat([p.alphas[k] for p in parts]) for k in parts[0].alphas},
-                     {k: torch.cat([p.betas[k] for p in parts]) for k in parts[0].betas},
-                     torch.cat([p.choice for p in parts]))  # fmt: skip
+                    {k: torch.cat([p.alphas[k] for p in parts]) for k in parts[0].alphas},
+                    {k: torch.cat([p.betas[k] for p in parts]) for k in parts[0].betas},
+                    torch.cat([p.choice for p in parts]))  # fmt: skip
 
 
 def ranked_splits(net: TorchNet, doms: Domains, result: Backward, count: int) -> torch.Tensor:
@@ -167,8 +167,8 @@ def _strong_choice(net: TorchNet, doms: Domains, spec: torch.Tensor, rhs: torch.
 
 
 def optimise(net: TorchNet, doms: Domains, spec: torch.Tensor, rhs: torch.Tensor, alphas: dict[int, torch.Tensor],
-           betas: dict[int, torch.Tensor], opts: BabOptions, deadline: float,
-           iterations: int) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], Backward]:  # fmt: skip
+             betas: dict[int, torch.Tensor], opts: BabOptions, deadline: float,
+             iterations: int) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], Backward]:  # fmt: skip
     """Optimise slopes and multipliers for the margin ``max_rows(lower - rhs)``; returns the best margin per
     domain, the parameters that gave it and the backward pass at them."""
     hidden = net.hidden
