@@ -81,7 +81,9 @@ def refine_layer(net: TorchNet, root: Domains, k: int, deadline: float,
     doms = root.prefix(k).select(torch.zeros(trees, dtype=torch.int64))
     alphas = init_alphas(sub, doms, 1)
     betas = {j: torch.zeros_like(a) for j, a in alphas.items()}
-    value, alphas, betas, res = bab.optimise(sub, doms, spec, zero, alphas, betas, settings, deadline, 2 * opts.iterations)
+    value, alphas, betas, res = bab.optimise(
+        sub, doms, spec, zero, alphas, betas, settings, deadline, 2 * opts.iterations
+    )
     pool = bab.Pool(doms, value, alphas, betas, bab.ranked_splits(sub, doms, res, 1)[:, 0])
     tree = torch.arange(trees)
     # the lowest bound of each tree's domains that left the pool (proved positive): still part of its minimum

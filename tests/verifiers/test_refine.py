@@ -20,9 +20,14 @@ def deep_net(seed: int, width: int = 12, depth: int = 4, inputs: int = 5) -> Net
     """A random ReLU MLP deep enough for CROWN's relaxation errors to compound."""
     rng = np.random.default_rng(seed)
     sizes = [inputs] + [width] * depth + [3]
-    affines = [Affine.exact(rng.normal(size=(sizes[k + 1], sizes[k])) / np.sqrt(sizes[k]),
-                            rng.normal(size=sizes[k + 1]) * 0.1, f"fc{k}")  # fmt: skip
-               for k in range(len(sizes) - 1)]
+    affines = [
+        Affine.exact(
+            rng.normal(size=(sizes[k + 1], sizes[k])) / np.sqrt(sizes[k]),
+            rng.normal(size=sizes[k + 1]) * 0.1,
+            f"fc{k}",
+        )  # fmt: skip
+        for k in range(len(sizes) - 1)
+    ]
     return Network(affines, (inputs,), f"deep{seed}")
 
 
@@ -31,7 +36,9 @@ def root_bounds(net: Network, lo: np.ndarray, hi: np.ndarray) -> tuple[crown.Tor
     return tnet, crown.compute_bounds(tnet, crown.root_domains(tnet))
 
 
-def exact_range(net: Network, k: int, j: int, lo: np.ndarray, hi: np.ndarray, doms: crown.Domains) -> tuple[float, float]:
+def exact_range(
+    net: Network, k: int, j: int, lo: np.ndarray, hi: np.ndarray, doms: crown.Domains
+) -> tuple[float, float]:
     """min / max of hidden layer ``k``'s pre-activation ``j`` over the box, by HiGHS MILP on the cut network."""
     prefix = Network(net.affines[: k + 1], net.input_shape)
     bounds = LayerBounds([t[0].numpy() for t in doms.lower[:k]], [t[0].numpy() for t in doms.upper[:k]])
@@ -51,7 +58,9 @@ def test_refined_bounds_contain_every_sampled_point_and_reach_the_milp_optimum(s
     lo, hi = np.full(5, -1.0), np.full(5, 1.0)
     tnet, root = root_bounds(net, lo, hi)
     rng = np.random.default_rng(seed)
-    x = np.concatenate([lo + (hi - lo) * rng.random((4000, 5)), np.where(rng.random((4000, 5)) < 0.5, lo, hi)])
+    x = np.concatenate(
+        [lo + (hi - lo) * rng.random((4000, 5)), np.where(rng.random((4000, 5)) < 0.5, lo, hi)]
+    )
     for k in (1, 2):
         before = (root.lower[k][0].clone(), root.upper[k][0].clone())
         root, info = refine.refine_layer(tnet, root, k, time.monotonic() + 60)
@@ -94,7 +103,9 @@ def test_layer_without_unstable_neurons_is_returned_unchanged() -> None:
     assert info.neurons == 0 and out is root
 
 
-def test_engine_refines_only_what_a_first_branch_and_bound_pass_leaves_open(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_refines_only_what_a_first_branch_and_bound_pass_leaves_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     net = deep_net(4)
     model = FloatModel.from_network(net)
     x = np.zeros(5)
