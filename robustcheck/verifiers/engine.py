@@ -95,8 +95,9 @@ class Options:
     strong_restarts: int = 31
     strong_steps: int = 100
     strong_share: float = 0.1
-    #: share of the time left that tightening intermediate bounds by branch and bound may take when alpha-CROWN
-    #: leaves a disjunct open (:mod:`~robustcheck.verifiers.refine`; 0: off)
+    #: share of the time left that tightening intermediate bounds by branch and bound may take when the bounds and
+    #: a first branch and bound pass (:data:`QUICK_SHARE` of the time) leave a disjunct open
+    #: (:mod:`~robustcheck.verifiers.refine`; 0: off)
     refine_share: float = 0.5
     #: replay a proof by bounds in exact rational arithmetic when it costs at most this many integer
     #: multiply-adds (0: never); a disjunct the replay does not confirm goes to the solver

@@ -70,6 +70,7 @@ def refine_layer(net: TorchNet, root: Domains, k: int, deadline: float,
     n = len(neurons)
     if n == 0 or k == 0:
         return root, Refinement(k, n, 0, 0.0, 0.0, 0, 0, 0.0)
+    old_low, old_up = low[neurons], up[neurons]
     sub = net.prefix(k)
     trees = 2 * n
     # tree t < n bounds +z[neurons[t]] from below, tree n + t bounds -z[neurons[t]] (its upper bound)
@@ -86,7 +87,7 @@ def refine_layer(net: TorchNet, root: Domains, k: int, deadline: float,
     )
     pool = bab.Pool(doms, value, alphas, betas, bab.ranked_splits(sub, doms, res, 1)[:, 0])
     tree = torch.arange(trees)
-    # the lowest bound of each tree's domains that left the pool (proved positive): still part of its minimum
+    # per tree, the lowest bound of its domains that left the pool (proved positive): still part of its minimum
     floor = torch.full((trees,), float("inf"), dtype=torch.float64)
     done = torch.zeros(trees, dtype=torch.bool)
     per_domain = sum(int(t.shape[1]) for t in root.lower[:k]) * 5
@@ -97,8 +98,8 @@ def refine_layer(net: TorchNet, root: Domains, k: int, deadline: float,
         start = time.monotonic()
         if start + 1.5 * last > deadline or pool.doms.size * per_domain > opts.max_elements:
             break
-        best = _tree_min(pool.value, tree, trees).minimum(floor)
-        new_low, new_up = _tightened(low[neurons], up[neurons], best)
+        best = _tree_min(pool.value, tree, floor)
+        new_low, new_up = _tightened(old_low, old_up, best)
         history.append((start - began, float((new_up - new_low).sum())))
         if _stalled(history, opts.stall):
             break
@@ -131,11 +132,11 @@ def refine_layer(net: TorchNet, root: Domains, k: int, deadline: float,
             pool, tree = bab.Pool.cat([pool, children]), torch.cat([tree, child_tree[keep]])
         rounds += 1
         last = time.monotonic() - start
-    new_low, new_up = _tightened(low[neurons], up[neurons], _tree_min(pool.value, tree, trees).minimum(floor))
+    new_low, new_up = _tightened(old_low, old_up, _tree_min(pool.value, tree, floor))
     out = Domains(list(root.lower), list(root.upper), list(root.signs))
     out.lower[k], out.upper[k] = low[None].clone(), up[None].clone()
     out.lower[k][0, neurons], out.upper[k][0, neurons] = new_low, new_up
-    width = float((up[neurons] - low[neurons]).mean()), float((new_up - new_low).mean())
+    width = float((old_up - old_low).mean()), float((new_up - new_low).mean())
     stable = int(((new_low >= 0) | (new_up <= 0)).sum())
     return out, Refinement(k, n, stable, *width, rounds, bounded, time.monotonic() - began)
 
@@ -158,10 +159,9 @@ def _stalled(history: list[tuple[float, float]], share: float) -> bool:
     return gained <= 0 or before - width < share * gained
 
 
-def _tree_min(value: torch.Tensor, tree: torch.Tensor, trees: int) -> torch.Tensor:
-    """``(trees,)``: the lowest ``value`` of each tree's domains (``inf`` for a tree with none)."""
-    out = torch.full((trees,), float("inf"), dtype=value.dtype)
-    return out.scatter_reduce(0, tree, value, "amin")
+def _tree_min(value: torch.Tensor, tree: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """``(trees,)``: each tree's lowest bound, over its domains' ``value`` and its ``floor``."""
+    return floor.scatter_reduce(0, tree, value, "amin")
 
 
 def _rank_in_tree(value: torch.Tensor, tree: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
